@@ -1,0 +1,158 @@
+"""Every fast backend against the reference scan: forward, every gradient, chunked state passing, dtypes."""
+
+import pytest
+import torch
+
+from videomap.ops import resolve_backend, scan_backend, selective_scan, selective_scan_reference
+from videomap.ops.backend import cuda_kernel_available
+from scan_cases import make_inputs, max_rel_error
+
+NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state"]
+
+BACKENDS = [
+    pytest.param("cpu", "cpu", id="cpu"),
+    pytest.param("cuda", "cuda", id="cuda", marks=pytest.mark.skipif(
+        not cuda_kernel_available(), reason="needs CUDA and mamba_ssm")),
+]
+
+SHAPES = [  # batch, channels, state, length, B/C layout, groups
+    (1, 16, 16, 1, "shared", 1),
+    (2, 24, 4, 7, "shared", 1),
+    (1, 48, 16, 65, "grouped", 2),
+    (2, 20, 8, 130, "grouped", 4),
+    (1, 16, 5, 33, "const", 1),
+    (1, 32, 16, 200, "shared", 1),
+]
+
+# (D, z, delta_bias, softplus, initial state): each optional argument both on and off across the rows.
+OPTIONS = [
+    (False, False, False, False, False),
+    (True, True, True, True, False),
+    (True, False, True, False, True),
+    (False, True, False, True, True),
+]
+
+
+def _run(backend, args, softplus, device, grads=True):
+    tensors = {k: (v.to(device).clone().requires_grad_(grads) if v is not None else None) for k, v in args.items()}
+    kw = {k: v for k, v in tensors.items() if k != "initial_state"}
+    h0 = tensors["initial_state"]
+    with scan_backend(backend):
+        out, last = selective_scan(**kw, delta_softplus=softplus, return_last_state=True, initial_state=h0)
+    if not grads:
+        return out, last, {}
+    g = torch.Generator().manual_seed(1)
+    w_out = torch.randn(out.shape, generator=g, dtype=torch.float64).to(device)
+    w_last = torch.randn(last.shape, generator=g, dtype=torch.float64).to(device)
+    loss = (out.double() * w_out).sum() + (last.double() * w_last).sum()
+    loss.backward()
+    return out, last, {k: v.grad for k, v in tensors.items() if v is not None}
+
+
+def _device(backend):
+    return "cuda" if backend == "cuda" else "cpu"
+
+
+@pytest.mark.parametrize("backend, device", BACKENDS)
+@pytest.mark.parametrize("dtype, fwd_tol, grad_tol", [(torch.float32, 1e-4, 1e-3), (torch.float64, 1e-10, 1e-9)],
+                         ids=["fp32", "fp64"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "".join("1" if x else "0" for x in o))
+def test_backend_matches_reference(backend, device, dtype, fwd_tol, grad_tol, shape, options):
+    use_D, use_z, use_bias, softplus, use_h0 = options
+    if backend == "cuda" and (use_h0 or dtype == torch.float64):
+        pytest.skip("mamba_ssm's kernel has no initial state and no float64")
+    batch, channels, state, length, bc, groups = shape
+    args = make_inputs(batch, channels, state, length, bc, groups, use_D, use_z, use_bias, use_h0, dtype=dtype)
+    out, last, grads = _run(backend, args, softplus, device)
+    ref_out, ref_last, ref_grads = _run("reference", args, softplus, "cpu")
+    assert out.dtype == dtype
+    assert max_rel_error(out.cpu(), ref_out) <= fwd_tol
+    assert max_rel_error(last.cpu(), ref_last) <= fwd_tol
+    assert grads.keys() == ref_grads.keys()
+    for name in ref_grads:
+        err = max_rel_error(grads[name].cpu(), ref_grads[name])
+        assert err <= grad_tol, f"d{name}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("backend, device", BACKENDS)
+def test_backend_gradcheck(backend, device):
+    if backend == "cuda":
+        pytest.skip("mamba_ssm's kernel has no float64")
+    args = make_inputs(batch=2, channels=3, state=2, length=5, bc="grouped", groups=3, use_h0=True)
+    tensors = [args[n].to(device).clone().requires_grad_() for n in NAMES]
+
+    def fn(*ts):
+        kw = dict(zip(NAMES, ts))
+        h0 = kw.pop("initial_state")
+        with scan_backend(backend):
+            return selective_scan(**kw, delta_softplus=True, return_last_state=True, initial_state=h0)
+
+    assert torch.autograd.gradcheck(fn, tensors)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_chunked_state_passing_equals_one_pass(backend):
+    """Scanning [0, L/2) then [L/2, L) from the carried state equals one pass, forward and backward."""
+    args = make_inputs(batch=2, channels=16, state=8, length=96, bc="shared", dtype=torch.float32)
+    one = {k: (v.clone().requires_grad_() if v is not None else None) for k, v in args.items()}
+    two = {k: (v.clone().requires_grad_() if v is not None else None) for k, v in args.items()}
+    half = 48
+    with scan_backend(backend):
+        kw = {k: v for k, v in one.items() if k != "initial_state"}
+        full, full_last = selective_scan(**kw, delta_softplus=True, return_last_state=True)
+
+        def part(sl):
+            return dict(u=two["u"][..., sl], delta=two["delta"][..., sl], A=two["A"], B=two["B"][..., sl],
+                        C=two["C"][..., sl], D=two["D"], z=two["z"][..., sl], delta_bias=two["delta_bias"])
+
+        first, carried = selective_scan(**part(slice(0, half)), delta_softplus=True, return_last_state=True)
+        second, last = selective_scan(**part(slice(half, None)), delta_softplus=True, return_last_state=True,
+                                      initial_state=carried)
+    joined = torch.cat([first, second], dim=-1)
+    assert max_rel_error(joined, full) <= 1e-5
+    assert max_rel_error(last, full_last) <= 1e-5
+    weight = torch.randn_like(full)
+    ((full * weight).sum() + full_last.sum()).backward()
+    ((joined * weight).sum() + last.sum()).backward()
+    for name in ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]:
+        assert max_rel_error(two[name].grad, one[name].grad) <= 1e-4, name
+
+
+@pytest.mark.parametrize("backend, device", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_inputs(backend, device, dtype):
+    args = make_inputs(batch=2, channels=32, state=16, length=40, bc="shared", dtype=dtype)
+    out, last, grads = _run(backend, args, True, device)
+    ref_out, ref_last, ref_grads = _run("reference", args, True, "cpu")
+    assert out.dtype == dtype and last.dtype == torch.float32
+    assert torch.isfinite(out).all()
+    # Both compute in fp32 from the same rounded inputs: only the final rounding differs.
+    assert max_rel_error(out.cpu(), ref_out) <= 1e-2
+    for name in ref_grads:
+        assert grads[name].dtype == dtype if name != "initial_state" else True
+        assert max_rel_error(grads[name].cpu(), ref_grads[name]) <= 2e-2, name
+
+
+def test_auto_selects_a_backend_and_env_var_is_honoured(monkeypatch):
+    monkeypatch.delenv("VIDEOMAP_SCAN_BACKEND", raising=False)
+    assert resolve_backend(torch.device("cpu"), torch.float32) in ("cpu", "reference")
+    monkeypatch.setenv("VIDEOMAP_SCAN_BACKEND", "reference")
+    assert resolve_backend(torch.device("cpu"), torch.float32) == "reference"
+    with scan_backend("cpu"):  # the context manager wins over the environment
+        assert resolve_backend(torch.device("cpu"), torch.float32) == "cpu"
+
+
+def test_forcing_cuda_on_cpu_tensors_is_an_error():
+    with scan_backend("cuda"), pytest.raises(RuntimeError, match="'cuda' was requested"):
+        selective_scan(**{k: v for k, v in make_inputs().items() if k != "initial_state"})
+
+
+def test_empty_sequence():
+    args = make_inputs(length=0, dtype=torch.float32, use_h0=True)
+    for backend in ("reference", "cpu"):
+        with scan_backend(backend):
+            out, last = selective_scan(**{k: v for k, v in args.items() if k != "initial_state"},
+                                       return_last_state=True, initial_state=args["initial_state"])
+        assert out.shape == (2, 4, 0)
+        assert torch.equal(last, args["initial_state"])
