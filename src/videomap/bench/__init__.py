@@ -1,0 +1,1 @@
+"""Benchmarks behind ``videomap bench ...`` (thin scripts in ``benchmarks/`` call the same functions)."""

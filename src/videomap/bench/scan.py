@@ -1,0 +1,108 @@
+"""Selective-scan benchmark: forward and forward+backward time and peak memory per backend, with ratios to
+the reference loop (``videomap bench scan``; ``python benchmarks/scan.py``)."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from ..ops import scan_backend, selective_scan
+from ..ops.backend import cpu_kernel_available, cuda_kernel_available
+from .common import machine_summary, markdown_table, measure
+
+
+def scan_inputs(batch: int, channels: int, state: int, length: int, device, dtype, seed: int = 0):
+    """Inputs in the ranges a trained Mamba layer sees (softplus'd dt around 1e-3..1e-1, A = -1..-16)."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(batch, channels, length, generator=g)
+    delta = torch.randn(batch, channels, length, generator=g) * 0.5 - 4.0
+    A = -torch.arange(1, state + 1, dtype=torch.float32).repeat(channels, 1)
+    B = torch.randn(batch, state, length, generator=g)
+    C = torch.randn(batch, state, length, generator=g)
+    D = torch.ones(channels)
+    z = torch.randn(batch, channels, length, generator=g)
+    delta_bias = torch.rand(channels, generator=g) - 2.0
+    tensors = dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias)
+    return {k: v.to(device=device, dtype=dtype) for k, v in tensors.items()}
+
+
+def available_backends(device: torch.device) -> list[str]:
+    names = ["reference"]
+    if device.type == "cpu" and cpu_kernel_available():
+        names.append("cpu")
+    if device.type == "cuda" and cuda_kernel_available():
+        names.append("cuda")
+    return names
+
+
+def run_scan_benchmark(lengths=(1568, 3136, 6272, 12544), batch=1, channels=768, state=16, backends=None,
+                       repeats=5, reference_repeats=2, device="cpu", dtype=torch.float32, quiet=False):
+    """Measure every backend at every length. Returns a list of row dicts."""
+    device = torch.device(device)
+    backends = backends or available_backends(device)
+    rows = []
+    for length in lengths:
+        inputs = scan_inputs(batch, channels, state, length, device, dtype)
+        leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+        for name in backends:
+            def forward():
+                with torch.no_grad(), scan_backend(name):
+                    selective_scan(**inputs, delta_softplus=True)
+
+            def forward_backward():
+                for t in leaves.values():
+                    t.grad = None
+                with scan_backend(name):
+                    selective_scan(**leaves, delta_softplus=True).sum().backward()
+
+            n = reference_repeats if name == "reference" else repeats
+            fwd = measure(forward, device, repeats=n, warmup=1 if name != "reference" else 0)
+            fwd_bwd = measure(forward_backward, device, repeats=n, warmup=1 if name != "reference" else 0)
+            row = dict(L=length, backend=name, fwd_ms=fwd.median_ms, fwd_bwd_ms=fwd_bwd.median_ms,
+                       fwd_mib=fwd.peak_mib, fwd_bwd_mib=fwd_bwd.peak_mib)
+            rows.append(row)
+            if not quiet:
+                print(f"  L={length:>6} {name:>9}: fwd {fwd.median_ms:9.2f} ms, fwd+bwd {fwd_bwd.median_ms:9.2f} ms",
+                      flush=True)
+    reference = {r["L"]: r for r in rows if r["backend"] == "reference"}
+    for row in rows:
+        ref = reference.get(row["L"])
+        row["fwd_speedup"] = ref["fwd_ms"] / row["fwd_ms"] if ref else float("nan")
+        row["fwd_bwd_speedup"] = ref["fwd_bwd_ms"] / row["fwd_bwd_ms"] if ref else float("nan")
+    return rows
+
+
+def format_scan_table(rows, batch, channels, state, dtype) -> str:
+    headers = ["L", "backend", "fwd ms", "fwd+bwd ms", "fwd peak MiB", "fwd+bwd peak MiB",
+               "fwd × vs reference", "fwd+bwd × vs reference"]
+    body = [[r["L"], r["backend"], r["fwd_ms"], r["fwd_bwd_ms"], r["fwd_mib"], r["fwd_bwd_mib"],
+             f"{r['fwd_speedup']:.1f}×", f"{r['fwd_bwd_speedup']:.1f}×"] for r in rows]
+    title = (f"Selective scan, B={batch}, E={channels}, N={state}, {str(dtype).replace('torch.', '')}, "
+             f"delta_softplus, D and z on — {machine_summary()}")
+    return title + "\n\n" + markdown_table(headers, body)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="videomap bench scan", description=__doc__)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[1568, 3136, 6272, 12544])
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--channels", type=int, default=768)
+    parser.add_argument("--state", type=int, default=16)
+    parser.add_argument("--backends", nargs="+", choices=["reference", "cpu", "cuda"], default=None,
+                        help="default: every backend available on the device")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per fast backend (median)")
+    parser.add_argument("--reference-repeats", type=int, default=2, help="timed runs of the slow reference")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    print(f"videomap bench scan — {machine_summary()}", flush=True)
+    rows = run_scan_benchmark(args.lengths, args.batch, args.channels, args.state, args.backends, args.repeats,
+                              args.reference_repeats, args.device, dtype)
+    print()
+    print(format_scan_table(rows, args.batch, args.channels, args.state, dtype))
+    return 0

@@ -1,0 +1,72 @@
+"""The ``videomap`` command line: one console script, one subcommand per job.
+
+Each subcommand lives in its own module and receives the remaining arguments, so that recipes with dotted
+overrides (``videomap pretrain --config recipe.yaml optim.lr=1e-4``) are parsed where their schema is known.
+Modules are imported only when their subcommand runs, keeping ``videomap --help`` instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> (module:function taking argv, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "bench": ("videomap.cli:bench_main", "benchmarks: scan"),
+    "demo": ("videomap.cli:demo_main", "the end-to-end demo (currently: the scan benchmark at one length)"),
+}
+
+BENCHMARKS: dict[str, str] = {
+    "scan": "videomap.bench.scan:main",
+}
+
+
+def _call(target: str, argv: list[str]) -> int:
+    module, function = target.split(":")
+    return int(getattr(importlib.import_module(module), function)(argv) or 0)
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: videomap <command> [args...]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run `videomap <command> --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def bench_main(argv: list[str]) -> int:
+    """``videomap bench <name> [options]``."""
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in BENCHMARKS:
+        known = ", ".join(BENCHMARKS)
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"videomap bench: unknown benchmark {argv[0]!r}; choose one of: {known}", file=sys.stderr)
+            return 2
+        print(f"usage: videomap bench {{{known}}} [options]")
+        return 0
+    return _call(BENCHMARKS[argv[0]], argv[1:])
+
+
+def demo_main(argv: list[str]) -> int:
+    """Placeholder main job until the real-data demo lands: the scan benchmark at L = 3136."""
+    return _call(BENCHMARKS["scan"], ["--lengths", "3136", *argv])
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from . import __version__
+
+        print(f"videomap {__version__}")
+        return 0
+    name = argv[0]
+    if name not in COMMANDS:
+        print(f"videomap: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    return _call(COMMANDS[name][0], argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
