@@ -1,0 +1,129 @@
+"""The bidirectional Mamba mixer (DESIGN §2.6; Vision Mamba's "v2" form, as in VideoMamba and MAP)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops import selective_scan
+from ..ops.causal_conv import causal_conv1d
+from .weight_init import init_dt_proj_, s4d_real_A_log
+
+MERGE_MODES = ("mean", "sum")
+
+
+class BiMamba(nn.Module):
+    """Selective-state-space mixer run over the sequence in both directions.
+
+    ``in_proj`` (D → 2E) gives ``x, z``. Each direction has its own causal ``conv1d`` (kernel ``d_conv``),
+    ``x_proj`` (E → dt_rank + 2N), ``dt_proj`` (dt_rank → E), ``A_log`` (E, N) and ``D`` (E); the backward
+    direction (``*_b`` parameters) runs on the flipped sequence and its output is flipped back. The two
+    gated outputs are merged by ``mean`` or ``sum`` and projected by ``out_proj`` (E → D).
+
+    Parameter names and shapes are those of VideoMamba's ``Mamba(bimamba=True)``, so its checkpoints load;
+    ``merge="sum"`` reproduces it exactly.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: int | str = "auto",
+        merge: str = "mean",
+    ):
+        super().__init__()
+        if merge not in MERGE_MODES:
+            raise ValueError(f"BiMamba: merge must be one of {MERGE_MODES}, got {merge!r}")
+        self.dim = dim
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.d_inner = int(expand * dim)
+        self.dt_rank = math.ceil(dim / 16) if dt_rank == "auto" else int(dt_rank)
+        self.merge = merge
+        inner, rank = self.d_inner, self.dt_rank
+
+        self.in_proj = nn.Linear(dim, 2 * inner, bias=False)
+        # Forward direction.
+        self.conv1d = self._make_conv()
+        self.x_proj = nn.Linear(inner, rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(rank, inner, bias=True)
+        self.A_log = nn.Parameter(torch.empty(inner, d_state))
+        self.D = nn.Parameter(torch.empty(inner))
+        # Backward direction.
+        self.conv1d_b = self._make_conv()
+        self.x_proj_b = nn.Linear(inner, rank + 2 * d_state, bias=False)
+        self.dt_proj_b = nn.Linear(rank, inner, bias=True)
+        self.A_b_log = nn.Parameter(torch.empty(inner, d_state))
+        self.D_b = nn.Parameter(torch.empty(inner))
+
+        self.out_proj = nn.Linear(inner, dim, bias=False)
+        self.reset_ssm_parameters()
+
+    def _make_conv(self) -> nn.Conv1d:
+        # Only the weight (E, 1, K) and bias (E,) are used, through ops.causal_conv1d; the module keeps
+        # the checkpoint layout.
+        return nn.Conv1d(self.d_inner, self.d_inner, self.d_conv, groups=self.d_inner, padding=self.d_conv - 1)
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self) -> None:
+        """Mamba's dt init, S4D-real ``A`` and ``D = 1``, for both directions."""
+        for dt_proj in (self.dt_proj, self.dt_proj_b):
+            init_dt_proj_(dt_proj)
+        for a_log in (self.A_log, self.A_b_log):
+            a_log.copy_(s4d_real_A_log(self.d_inner, self.d_state, device=a_log.device))
+        for d in (self.D, self.D_b):
+            nn.init.ones_(d)
+
+    def _scan_direction(
+        self,
+        x: torch.Tensor,
+        z: torch.Tensor,
+        conv: nn.Conv1d,
+        x_proj: nn.Linear,
+        dt_proj: nn.Linear,
+        A_log: torch.Tensor,
+        D: torch.Tensor,
+    ) -> torch.Tensor:
+        """One causal direction. x, z: ``(B, E, L)`` → gated output ``(B, E, L)``."""
+        x = causal_conv1d(x, conv.weight.squeeze(1), conv.bias, activation="silu")
+        x_dbl = F.linear(x.transpose(1, 2), x_proj.weight)  # (B, L, R + 2N)
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        # dt_proj's bias is applied inside the scan (delta_bias), before the softplus, as in Mamba.
+        delta = torch.matmul(dt_proj.weight, dt.transpose(1, 2))  # (B, E, L)
+        A = -torch.exp(A_log.float())
+        return selective_scan(
+            x,
+            delta,
+            A,
+            B.transpose(1, 2).contiguous(),  # (B, N, L)
+            C.transpose(1, 2).contiguous(),
+            D.float(),
+            z=z,
+            delta_bias=dt_proj.bias.float(),
+            delta_softplus=True,
+        )
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """hidden_states: ``(B, L, D)`` → ``(B, L, D)``."""
+        # (E2, D) @ (B, D, L) lands directly in the (B, 2E, L) layout the conv and the scan want.
+        xz = torch.matmul(self.in_proj.weight, hidden_states.transpose(1, 2))
+        x, z = xz.chunk(2, dim=1)
+        y = self._scan_direction(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
+        y_b = self._scan_direction(
+            x.flip(-1), z.flip(-1), self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b
+        )
+        y = y + y_b.flip(-1)
+        if self.merge == "mean":
+            y = y * 0.5
+        return F.linear(y.transpose(1, 2), self.out_proj.weight)
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, d_inner={self.d_inner}, d_state={self.d_state}, d_conv={self.d_conv}, "
+            f"dt_rank={self.dt_rank}, merge={self.merge!r}"
+        )

@@ -1,0 +1,89 @@
+"""Depthwise causal 1-D convolution, the short convolution in front of every Mamba scan.
+
+``out[b, e, t] = bias[e] + sum_k weight[e, k] * x[b, e, t - (K - 1) + k]`` with zeros before ``t = 0``,
+optionally followed by SiLU. The reference path is ``F.conv1d``; on CUDA the ``causal_conv1d`` package's
+fused kernel is used when it imports.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+ACTIVATIONS = (None, "silu")
+
+_cuda_fn = None
+_cuda_checked = False
+
+
+def _cuda_kernel():
+    """``causal_conv1d.causal_conv1d_fn`` or ``None``; imported once, on first CUDA use."""
+    global _cuda_fn, _cuda_checked
+    if not _cuda_checked:
+        _cuda_checked = True
+        try:
+            from causal_conv1d import causal_conv1d_fn
+        except Exception:  # a broken install can raise more than ImportError (missing .so, triton, ...)
+            causal_conv1d_fn = None
+        _cuda_fn = causal_conv1d_fn
+    return _cuda_fn
+
+
+def _cuda_autocast_dtype() -> torch.dtype | None:
+    try:
+        enabled, dtype = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
+    except TypeError:  # torch < 2.4 has only the CUDA-specific spellings
+        enabled, dtype = torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
+    return dtype if enabled else None
+
+
+def causal_conv1d_reference(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, activation: str | None = None
+) -> torch.Tensor:
+    """Readable depthwise causal convolution.
+
+    Args:
+        x: ``(B, E, L)``. weight: ``(E, K)``. bias: ``(E,)``. activation: ``None`` or ``"silu"``.
+
+    Returns:
+        ``(B, E, L)``.
+    """
+    channels, width = weight.shape
+    length = x.shape[-1]
+    # Padding both sides and keeping the first L outputs is the causal conv without copying x into a padded
+    # buffer; the K - 1 extra outputs on the right are discarded.
+    out = F.conv1d(x, weight.unsqueeze(1), bias, padding=width - 1, groups=channels)[..., :length]
+    if activation == "silu":
+        out = F.silu(out)
+    return out
+
+
+def causal_conv1d(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, activation: str | None = None
+) -> torch.Tensor:
+    """Depthwise causal convolution over the last axis.
+
+    Args:
+        x: ``(B, E, L)``.
+        weight: ``(E, K)`` (an ``nn.Conv1d(E, E, K, groups=E)`` weight with its middle axis squeezed).
+        bias: ``(E,)`` or ``None``.
+        activation: ``None`` or ``"silu"``.
+
+    Returns:
+        ``(B, E, L)`` in the dtype the convolution runs in (``x``'s, or the autocast dtype).
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"causal_conv1d: activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if x.dim() != 3 or weight.dim() != 2 or weight.shape[0] != x.shape[1]:
+        raise ValueError(
+            f"causal_conv1d: expected x (B, E, L) and weight (E, K), got {tuple(x.shape)} and {tuple(weight.shape)}"
+        )
+    if x.is_cuda:
+        kernel = _cuda_kernel()
+        if kernel is not None:
+            dtype = _cuda_autocast_dtype()
+            if dtype is not None:
+                # The fused kernel is not autocast-aware: give it what F.conv1d would have run in.
+                x = x.to(dtype)
+            return kernel(x.contiguous(), weight.contiguous(), bias, activation=activation)
+    return causal_conv1d_reference(x, weight, bias, activation)
