@@ -1,23 +1,14 @@
 """The backbone benchmark runs end to end at a tiny size and reports ratios to its baseline."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "backbone.py"
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("backbone_benchmark", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from videomap.bench import backbone as bench
 
 
 def test_backbone_benchmark_in_process(tmp_path):
-    bench = load_benchmark()
     report = bench.run_backbone_benchmark(
         models=["videomap_tiny", "videovit_tiny"], frames=[1], img_size=32, repeats=1, warmup=0,
         baseline="videovit_tiny", isolate=False, out_dir=tmp_path, plot=False, log=None,
@@ -35,6 +26,5 @@ def test_backbone_benchmark_in_process(tmp_path):
 
 
 def test_backbone_benchmark_records_failures():
-    bench = load_benchmark()
     rows = [{"model": "videomap_small", "frames": 64, "error": "timed out after 600 s"}]
     assert "error: timed out" in bench.format_table(rows, baseline="videovit_small")

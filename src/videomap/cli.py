@@ -12,12 +12,15 @@ import sys
 
 # name -> (module:function taking argv, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "bench": ("videomap.cli:bench_main", "benchmarks: scan"),
+    "pretrain": ("videomap.train.pretraining:pretrain_main", "frame-wise masked autoregressive pretraining"),
+    "list-models": ("videomap.cli:list_models_main", "the registered model names"),
+    "bench": ("videomap.cli:bench_main", "benchmarks: scan, backbone"),
     "demo": ("videomap.cli:demo_main", "the end-to-end demo (currently: the scan benchmark at one length)"),
 }
 
 BENCHMARKS: dict[str, str] = {
     "scan": "videomap.bench.scan:main",
+    "backbone": "videomap.bench.backbone:main",
 }
 
 
@@ -44,6 +47,14 @@ def bench_main(argv: list[str]) -> int:
         print(f"usage: videomap bench {{{known}}} [options]")
         return 0
     return _call(BENCHMARKS[argv[0]], argv[1:])
+
+
+def list_models_main(argv: list[str]) -> int:
+    """``videomap list-models [PATTERN]``: one registered name per line."""
+    from .models import list_models
+
+    print("\n".join(list_models(argv[0] if argv else None)))
+    return 0
 
 
 def demo_main(argv: list[str]) -> int:

@@ -1,0 +1,353 @@
+"""Backbone benchmark: forward and forward+backward time and peak memory of whole models against the number
+of frames, with ratios to an all-attention baseline measured in the same run.
+
+    python benchmarks/backbone.py --frames 8 16 32 64 --out runs/bench_backbone
+
+Each (model, frames) configuration runs in its own subprocess, so one model's allocations never inflate the
+next one's peak and a configuration that runs out of memory or time is recorded and skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+DEFAULT_MODELS = ("videomap_small", "videomamba_small", "videovit_small")
+DEFAULT_FRAMES = (8, 16, 32, 64)
+MODES = ("forward", "forward_backward")
+MODE_TITLES = {"forward": "forward", "forward_backward": "forward+backward"}
+
+
+# ---------------------------------------------------------------------------------------------- one configuration
+
+
+def measure_configuration(
+    model: str,
+    frames: int,
+    modes=MODES,
+    img_size: int = 224,
+    batch_size: int = 1,
+    repeats: int = 3,
+    warmup: int = 1,
+    device: str = "cpu",
+    amp: bool = False,
+    max_seconds: float | None = None,
+) -> dict:
+    """Time and peak memory of one model at one number of frames, in this process.
+
+    Returns ``{"model", "frames", "tokens", "params", "scan_backend", "<mode>": {"median_ms", "peak_mib",
+    "repeats"}}``. ``forward`` runs in eval mode without autograd; ``forward_backward`` runs a training step's
+    forward and backward (no optimizer).
+    """
+    import torch
+
+    from videomap.bench.common import measure
+    from videomap.models import create_model
+    from videomap.ops import resolve_backend
+
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    net = create_model(model, num_frames=frames, img_size=img_size, num_classes=400).to(dev)
+    x = torch.randn(batch_size, 3, frames, img_size, img_size, device=dev)
+    grid = net.grid_size(x)
+    row = {
+        "model": model,
+        "frames": frames,
+        "tokens": 1 + grid[0] * grid[1] * grid[2],
+        "params": sum(p.numel() for p in net.parameters()),
+        "scan_backend": resolve_backend(dev, torch.float32) if "M" in net.schedule else "-",
+    }
+
+    def autocast():
+        return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp)
+
+    def forward():
+        with torch.no_grad(), autocast():
+            net(x)
+
+    def forward_backward():
+        net.zero_grad(set_to_none=True)
+        with autocast():
+            loss = net(x).float().sum()
+        loss.backward()
+
+    steps = {"forward": (forward, net.eval), "forward_backward": (forward_backward, net.train)}
+    for mode in modes:
+        fn, set_mode = steps[mode]
+        set_mode()
+        result = measure(fn, dev, repeats=repeats, warmup=warmup, max_seconds=max_seconds)
+        row[mode] = {"median_ms": result.median_ms, "peak_mib": result.peak_mib, "repeats": result.repeats}
+    return row
+
+
+def _run_isolated(config: dict, timeout_s: float | None, env: dict) -> dict:
+    """``measure_configuration(**config)`` in a fresh interpreter; errors become ``{"error": ...}``."""
+    cmd = [sys.executable, "-m", "videomap.bench.backbone", "--worker", json.dumps(config)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+    except subprocess.TimeoutExpired:
+        return {"model": config["model"], "frames": config["frames"], "error": f"timed out after {timeout_s:g} s"}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
+        return {"model": config["model"], "frames": config["frames"], "error": tail[0][:300]}
+    return json.loads(lines[-1])
+
+
+# ---------------------------------------------------------------------------------------------- the sweep
+
+
+def run_backbone_benchmark(
+    models=DEFAULT_MODELS,
+    frames=DEFAULT_FRAMES,
+    modes=MODES,
+    img_size: int = 224,
+    batch_size: int = 1,
+    repeats: int = 3,
+    warmup: int = 1,
+    device: str = "cpu",
+    amp: bool = False,
+    baseline: str | None = "videovit_small",
+    threads: int | None = None,
+    scan_backend: str | None = None,
+    isolate: bool = True,
+    timeout_s: float | None = None,
+    max_seconds: float | None = None,
+    out_dir: str | os.PathLike | None = None,
+    plot: bool = True,
+    log=print,
+) -> dict:
+    """Measure every model at every number of frames.
+
+    Args:
+        models, frames, modes: what to sweep (modes among ``"forward"``, ``"forward_backward"``).
+        img_size, batch_size: input ``(batch_size, 3, frames, img_size, img_size)``.
+        repeats, warmup: timed and untimed runs per measurement (the median is reported).
+        device: ``"cpu"`` or ``"cuda"``. amp: run under bf16 autocast.
+        baseline: the model the ratios are taken against, at the same frames (``None`` = no ratios).
+        threads: ``torch`` intra-op threads in each worker (default: torch's choice).
+        scan_backend: ``VIDEOMAP_SCAN_BACKEND`` for the workers (default: inherited / ``auto``).
+        isolate: one subprocess per configuration (needed for a clean CPU peak memory).
+        timeout_s: per-configuration wall-clock limit when isolated.
+        max_seconds: stop repeating a measurement once it has taken this long.
+        out_dir: if given, write ``results.json``, ``table.md`` and ``time_vs_frames.png`` there.
+        plot: write the PNG (needs matplotlib).
+        log: called with progress lines (``None`` = silent).
+
+    Returns:
+        ``{"machine", "settings", "results": [row, ...], "table": markdown, "plot": path or None}``; each row
+        is :func:`measure_configuration`'s dict plus ``"<mode>_time_ratio"``/``"<mode>_memory_ratio"`` to the
+        baseline, or ``{"model", "frames", "error"}``.
+    """
+    from videomap.bench.common import machine_summary
+
+    log = log or (lambda *_: None)
+    env = dict(os.environ)
+    if scan_backend:
+        env["VIDEOMAP_SCAN_BACKEND"] = scan_backend
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    settings = dict(img_size=img_size, batch_size=batch_size, repeats=repeats, warmup=warmup, device=device,
+                    amp=amp, baseline=baseline, threads=threads, scan_backend=env.get("VIDEOMAP_SCAN_BACKEND", "auto"))
+    results = []
+    for n_frames in frames:
+        for model in models:
+            config = dict(model=model, frames=n_frames, modes=list(modes), img_size=img_size,
+                          batch_size=batch_size, repeats=repeats, warmup=warmup, device=device, amp=amp,
+                          max_seconds=max_seconds, threads=threads)
+            log(f"{model} at {n_frames} frames ...")
+            if isolate:
+                row = _run_isolated(config, timeout_s, env)
+            else:
+                row = _measure_in_process(config, scan_backend)
+            results.append(row)
+            log("  " + _summary(row, modes))
+    _add_ratios(results, modes, baseline)
+    report = {"machine": machine_summary(), "settings": settings, "results": results,
+              "table": format_table(results, modes, baseline), "plot": None}
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps({k: v for k, v in report.items() if k != "table"}, indent=2))
+        (out / "table.md").write_text(f"{report['machine']}\n\n{report['table']}\n")
+        if plot:
+            report["plot"] = plot_time_vs_frames(
+                results, modes, out / "time_vs_frames.png", title=report["machine"],
+                xlabel=f"frames ({img_size}x{img_size}, batch {batch_size})",
+            )
+    log("")
+    log(report["table"])
+    return report
+
+
+def _measure_in_process(config: dict, scan_backend: str | None) -> dict:
+    import contextlib
+
+    import torch
+
+    from videomap.ops import scan_backend as use_backend
+
+    config = dict(config)
+    threads = config.pop("threads", None)
+    if threads:
+        torch.set_num_threads(threads)
+    context = use_backend(scan_backend) if scan_backend else contextlib.nullcontext()
+    try:
+        with context:
+            return measure_configuration(**config)
+    except Exception as error:  # one failing configuration must not end the sweep
+        return {"model": config["model"], "frames": config["frames"], "error": f"{type(error).__name__}: {error}"}
+
+
+def _summary(row: dict, modes) -> str:
+    if "error" in row:
+        return f"error: {row['error']}"
+    return ", ".join(f"{MODE_TITLES[m]} {row[m]['median_ms']:.0f} ms / {row[m]['peak_mib']:.0f} MiB"
+                     for m in modes if m in row)
+
+
+def _add_ratios(results: list[dict], modes, baseline: str | None) -> None:
+    if not baseline:
+        return
+    base = {r["frames"]: r for r in results if r.get("model") == baseline and "error" not in r}
+    for row in results:
+        ref = base.get(row.get("frames"))
+        if ref is None or "error" in row:
+            continue
+        for mode in modes:
+            if mode in row and mode in ref:
+                row[f"{mode}_time_ratio"] = row[mode]["median_ms"] / ref[mode]["median_ms"]
+                if ref[mode]["peak_mib"] > 0:
+                    row[f"{mode}_memory_ratio"] = row[mode]["peak_mib"] / ref[mode]["peak_mib"]
+
+
+def format_table(results: list[dict], modes=MODES, baseline: str | None = None) -> str:
+    """Markdown table: one row per (model, frames); time (ms), peak memory (MiB) and ratios per mode."""
+    from videomap.bench.common import markdown_table
+
+    headers = ["model", "frames", "tokens"]
+    for mode in modes:
+        title = MODE_TITLES[mode]
+        headers += [f"{title} ms", f"{title} MiB"]
+        if baseline:
+            headers += [f"{title} time ÷ {baseline}", f"{title} memory ÷ {baseline}"]
+    rows = []
+    for r in sorted(results, key=lambda r: (r.get("frames", 0), r.get("model", ""))):
+        if "error" in r:
+            rows.append([r["model"], r["frames"], "-"] + [f"error: {r['error'][:60]}"] + [""] * (len(headers) - 4))
+            continue
+        cells = [r["model"], r["frames"], r["tokens"]]
+        for mode in modes:
+            m = r.get(mode, {})
+            cells += [m.get("median_ms", "-"), m.get("peak_mib", "-")]
+            if baseline:
+                cells += [r.get(f"{mode}_time_ratio", "-"), r.get(f"{mode}_memory_ratio", "-")]
+        rows.append(cells)
+    return markdown_table(headers, rows)
+
+
+def plot_time_vs_frames(results: list[dict], modes, path, title: str = "", xlabel: str = "frames") -> str | None:
+    """Line plot of median time against frames, one panel per mode, one line per model (log-log)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+    except ImportError:
+        print("benchmarks/backbone.py: matplotlib is not installed (pip install 'videomap[plot]'); no plot written",
+              file=sys.stderr)
+        return None
+    fig, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes), 4.2), squeeze=False)
+    models = sorted({r["model"] for r in results if "error" not in r})
+    for ax, mode in zip(axes[0], modes):
+        for model in models:
+            points = sorted((r["frames"], r[mode]["median_ms"]) for r in results
+                            if r.get("model") == model and mode in r)
+            if points:
+                xs, ys = zip(*points)
+                ax.plot(xs, ys, marker="o", label=model)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        frames = sorted({r["frames"] for r in results if mode in r})
+        ax.set_xticks(frames, [str(f) for f in frames])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("median time (ms)")
+        ax.set_title(MODE_TITLES[mode])
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
+
+
+# ---------------------------------------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="videomap bench backbone",
+        description="Forward and forward+backward time and peak memory of whole backbones against frames.",
+    )
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="registered model names")
+    parser.add_argument("--frames", nargs="+", type=int, default=list(DEFAULT_FRAMES))
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast")
+    parser.add_argument("--baseline", default="videovit_small", help="model the ratios are taken against ('' = none)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--scan-backend", default=None, choices=["auto", "reference", "cpu", "cuda"])
+    parser.add_argument("--in-process", action="store_true", help="no subprocess per configuration")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per configuration")
+    parser.add_argument("--max-seconds", type=float, default=None, help="stop repeating after this long")
+    parser.add_argument("--out", default=None, help="directory for results.json, table.md and the PNG plot")
+    parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.worker is not None:  # one isolated configuration; the result is the last JSON line on stdout
+        config = json.loads(args.worker)
+        threads = config.pop("threads", None)
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        print(json.dumps(measure_configuration(**config)))
+        return 0
+    unknown = [m for m in args.models if not _is_registered(m)]
+    if unknown:
+        print(f"unknown model(s) {unknown}", file=sys.stderr)
+        return 2
+    run_backbone_benchmark(
+        models=args.models, frames=args.frames, modes=args.modes, img_size=args.img_size,
+        batch_size=args.batch_size, repeats=args.repeats, warmup=args.warmup, device=args.device, amp=args.amp,
+        baseline=args.baseline or None, threads=args.threads, scan_backend=args.scan_backend,
+        isolate=not args.in_process, timeout_s=args.timeout, max_seconds=args.max_seconds, out_dir=args.out,
+        plot=not args.no_plot,
+    )
+    return 0
+
+
+def _is_registered(name: str) -> bool:
+    from videomap.models import list_models
+
+    return name in list_models()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

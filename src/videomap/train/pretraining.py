@@ -1,0 +1,129 @@
+"""``videomap pretrain``: frame-wise masked autoregressive pretraining (DESIGN §4) from a video list.
+
+Writes into ``train.output_dir``: ``config.yaml``, ``metrics.jsonl``, ``checkpoints/last.pt`` (resumable),
+``encoder/`` (``config.json`` + ``model.safetensors``, loadable with ``videomap.create_model``) and, for
+pixel targets, ``reconstructions/step_XXXXXX.png`` (original / masked / predicted frames).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from ..data import (FailureLog, VideoClassificationDataset, VideoTrainTransform, collate_videos,
+                    read_annotations)
+from ..models import create_model
+from ..pretrain import MAPPretrainer, reconstruction_grid, save_png
+from .batches import ResumableBatches
+from .callbacks import Every, ExportModel
+from .command_line import config_from_argv
+from .config import Config
+from .loop import Trainer
+from .runtime import Runtime, seed_everything
+
+log = logging.getLogger("videomap.pretrain")
+
+
+def build_pretrainer(cfg: Config) -> MAPPretrainer:
+    """The encoder named by ``model.*`` (no classifier) wrapped in the pretraining objective."""
+    encoder = create_model(cfg.model.name, num_classes=0, num_frames=cfg.data.num_frames,
+                           img_size=cfg.data.img_size, drop_path_rate=cfg.model.drop_path_rate,
+                           checkpoint_path=cfg.model.checkpoint, **cfg.model.kwargs)
+    p = cfg.pretrain
+    return MAPPretrainer(
+        encoder, target=p.target, predict=p.predict,
+        mask_ratio="random" if p.mask_ratio_random else p.mask_ratio, whole_frames=p.mask_whole_frames,
+        decoder_depth=p.decoder_depth, decoder_dim=p.decoder_dim, decoder_heads=p.decoder_heads,
+        norm_pix_loss=p.norm_pix_loss, clip_model=p.clip_teacher,
+    )
+
+
+def build_pretrain_dataset(cfg: Config, mean, std) -> VideoClassificationDataset:
+    """Clips from ``data.train`` with MAE-style augmentation (multi-scale crop and flip only)."""
+    if not cfg.data.train:
+        raise ValueError("pretraining needs data.train: a video list (path label per line) or a folder tree")
+    annotations = read_annotations(cfg.data.train, fmt=cfg.data.format, root=cfg.data.root or None)
+    if not annotations.records:
+        raise ValueError(f"no videos listed in {cfg.data.train}")
+    transform = VideoTrainTransform(cfg.data.img_size, crop="multi_scale", rand_augment=None, reprob=0.0,
+                                    mean=mean, std=std)
+    return VideoClassificationDataset(annotations, mode="train", num_frames=cfg.data.num_frames,
+                                      sampling=cfg.data.sampling, stride=cfg.data.frame_stride,
+                                      transform=transform, seed=cfg.train.seed)
+
+
+class ReconstructionPictures:
+    """Saves one fixed clip's reconstruction; deterministic, and draws from no global RNG (resume stays exact)."""
+
+    def __init__(self, dataset: VideoClassificationDataset, output_dir: Path, seed: int):
+        self.dataset, self.directory, self.seed = dataset, Path(output_dir) / "reconstructions", seed
+
+    def __call__(self, trainer: Trainer) -> Optional[Path]:
+        if not trainer.runtime.is_main:
+            return None
+        model: MAPPretrainer = trainer.model
+        video = self.dataset[(0, self.seed)]["video"]
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                out = model(video[None].to(trainer.runtime.device), generator=torch.Generator().manual_seed(self.seed))
+        finally:
+            model.train(was_training)
+        encoder = model.encoder
+        image = reconstruction_grid(video, out["pred"][0], out["mask"][0], encoder.tubelet_size, encoder.patch_size,
+                                    mean=self.dataset.transform.mean, std=self.dataset.transform.std,
+                                    norm_pix=model.target.norm_pix)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"step_{trainer.step:06d}.png"
+        save_png(image, path, scale=max(1, 256 // image.shape[0]))
+        return path
+
+
+def run_pretrain(cfg: Config) -> dict:
+    """Pretrain ``model.name`` on ``data.train``; returns the final metrics and the output paths."""
+    runtime = Runtime.from_env(cfg.train.device, cfg.train.precision)
+    seed_everything(cfg.train.seed)  # the same initial weights for the same seed, on every rank
+    pretrainer = build_pretrainer(cfg)
+    encoder = pretrainer.encoder
+    dataset = build_pretrain_dataset(cfg, encoder.config.mean, encoder.config.std)
+    # Masks come from a generator owned by the objective, so the Trainer checkpoints its state with the run.
+    pretrainer.mask_generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + runtime.rank)
+    failures = FailureLog(context="pretraining")
+    batches = ResumableBatches(dataset, cfg.train.batch_size, seed=cfg.train.seed, rank=runtime.rank,
+                               world_size=runtime.world_size, seed_keys=True, collate_fn=collate_videos,
+                               num_workers=cfg.data.num_workers)
+
+    def step(model, batch):
+        failures.update(batch["failed"])
+        if batch["video"] is None:
+            # Every clip of this micro-batch failed: a zero loss over every parameter keeps DDP's collective
+            # backward in step with the other processes.
+            return {"loss": sum(p.sum() * 0.0 for p in model.parameters())}
+        out = model(batch["video"], generator=pretrainer.mask_generator)
+        return {"loss": out["loss"], "mask_ratio": out["mask"].float().mean(), "failed_videos": float(failures.count)}
+
+    output = Path(cfg.train.output_dir)
+    callbacks = [ExportModel(output / "encoder", select=lambda m: m.encoder)]
+    if cfg.pretrain.target == "pixel":
+        callbacks.append(Every(cfg.pretrain.recon_every, ReconstructionPictures(dataset, output, cfg.train.seed)))
+    trainer = Trainer(pretrainer, step, batches, cfg, runtime=runtime, callbacks=callbacks)
+    result = trainer.fit()
+    if failures.count:
+        log.warning("pretraining skipped %d undecodable clip(s) from %d file(s)", failures.count, len(failures.paths))
+    return {"step": result.step, "interrupted": result.interrupted, "metrics": result.metrics,
+            "encoder": str(output / "encoder"), "checkpoint": str(result.checkpoint),
+            "failed_videos": failures.summary()}
+
+
+def pretrain_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``videomap pretrain [--config RECIPE] key=value ...``."""
+    cfg = config_from_argv(argv, "videomap pretrain", "Frame-wise masked autoregressive pretraining.",
+                           "videomap pretrain --config configs/pretrain/videomap_small_k400.yaml optim.lr=1e-4")
+    result = run_pretrain(cfg)
+    print(f"videomap pretrain: {result['step']} steps, encoder saved to {result['encoder']}"
+          + (" (interrupted; resume with train.resume=auto)" if result["interrupted"] else ""))
+    return 0
