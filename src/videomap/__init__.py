@@ -5,8 +5,18 @@ autoregressive pretraining, fine-tuning and a video-LLM encoder, on CPU and GPU.
 and transformers are imported when first used.
 """
 
+from .encoders import EncoderOutput, VideoEncoder
 from .models import VideoMAP, VideoMAPConfig, create_model, get_model_config, list_models
 
 __version__ = "0.1.0"
 
-__all__ = ["VideoMAP", "VideoMAPConfig", "create_model", "get_model_config", "list_models", "__version__"]
+__all__ = [
+    "EncoderOutput",
+    "VideoEncoder",
+    "VideoMAP",
+    "VideoMAPConfig",
+    "create_model",
+    "get_model_config",
+    "list_models",
+    "__version__",
+]

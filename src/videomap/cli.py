@@ -13,14 +13,17 @@ import sys
 # name -> (module:function taking argv, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("videomap.train.pretraining:pretrain_main", "frame-wise masked autoregressive pretraining"),
+    "convert": ("videomap.models.convert:convert_main",
+                "VideoMamba / image MAP checkpoints -> a videomap model directory"),
     "list-models": ("videomap.cli:list_models_main", "the registered model names"),
-    "bench": ("videomap.cli:bench_main", "benchmarks: scan, backbone"),
+    "bench": ("videomap.cli:bench_main", "benchmarks: scan, backbone, encoder"),
     "demo": ("videomap.cli:demo_main", "the end-to-end demo (currently: the scan benchmark at one length)"),
 }
 
 BENCHMARKS: dict[str, str] = {
     "scan": "videomap.bench.scan:main",
     "backbone": "videomap.bench.backbone:main",
+    "encoder": "videomap.bench.encoder:main",
 }
 
 
