@@ -17,13 +17,15 @@ def make_inputs(batch=2, channels=4, state=3, length=6, bc="shared", groups=1, u
         return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
 
     u = rand(batch, channels, length)
-    delta = (torch.rand(batch, channels, length, generator=g, dtype=torch.float64) * 0.9 - 0.6).to(dtype)
+    # Positive step sizes, as a trained layer has them: negative ones (without softplus) make exp(delta*A) > 1
+    # and the state grows without bound over long sequences.
+    delta = (torch.rand(batch, channels, length, generator=g, dtype=torch.float64) * 0.8 + 0.02).to(dtype)
     A = -(torch.rand(channels, state, generator=g, dtype=torch.float64) * 1.5 + 0.1).to(dtype)
     shape = {"shared": (batch, state, length), "grouped": (batch, groups, state, length), "const": (channels, state)}[bc]
     B, C = rand(*shape), rand(*shape)
     D = rand(channels) if use_D else None
     z = rand(batch, channels, length) if use_z else None
-    delta_bias = rand(channels, scale=0.3) if use_bias else None
+    delta_bias = rand(channels, scale=0.01) if use_bias else None
     h0 = rand(batch, channels, state) if use_h0 else None
     return dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias, initial_state=h0)
 

@@ -1,0 +1,193 @@
+"""The fused CPU selective scan: a C++ kernel built on first use with ``torch.utils.cpp_extension``.
+
+The kernel (``csrc/selective_scan_cpu.cpp``) has the semantics of :mod:`videomap.ops.scan_reference` and is
+differentiable with respect to every tensor input and to the returned last state. It is compiled once per
+source, compiler flags, CPU and torch version, and cached in torch's extension directory
+(``$TORCH_EXTENSIONS_DIR`` to move it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_SOURCE = Path(__file__).resolve().parent / "csrc" / "selective_scan_cpu.cpp"
+_BASE_CFLAGS = ["-O3", "-ffp-contract=fast", "-fno-trapping-math"]
+# -march=native is what lets the compiler use AVX-512 where the CPU has it; a compiler that rejects it
+# still gets a portable build.
+_FLAG_SETS = (_BASE_CFLAGS + ["-march=native"], _BASE_CFLAGS)
+
+_lock = threading.Lock()
+_module: Any = None
+_error: str | None = None
+_tried = False
+
+
+def _cpu_signature() -> str:
+    """What distinguishes one CPU's ``-march=native`` build from another's."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return f"{platform.machine()} {platform.processor()}"
+
+
+def _extension_name(flags: list[str]) -> str:
+    digest = hashlib.sha256()
+    for part in (_SOURCE.read_bytes(), " ".join(flags).encode(), _cpu_signature().encode(),
+                 torch.__version__.encode()):
+        digest.update(part)
+        digest.update(b"\0")
+    return f"videomap_scan_cpu_{digest.hexdigest()[:12]}"
+
+
+def _build(verbose: bool):
+    from torch.utils.cpp_extension import load
+
+    if not _SOURCE.is_file():
+        raise RuntimeError(f"the kernel source {_SOURCE} is missing from the installation")
+    failures = []
+    for flags in _FLAG_SETS:
+        try:
+            return load(name=_extension_name(flags), sources=[str(_SOURCE)], extra_cflags=flags, verbose=verbose)
+        except Exception as error:  # noqa: BLE001 - try the next flag set, report all at the end
+            failures.append(f"[{' '.join(flags)}] {type(error).__name__}: {str(error).strip()[-2000:]}")
+    raise RuntimeError(
+        "building the CPU selective-scan kernel failed (it needs a C++17 compiler and ninja: e.g. "
+        "`apt-get install g++` and `pip install ninja`):\n" + "\n".join(failures)
+    )
+
+
+def build(verbose: bool = False):
+    """Build (or load from the cache) the kernel and return the extension module; raises on failure."""
+    global _module, _error, _tried
+    with _lock:
+        if _module is not None:
+            return _module
+        try:
+            _module = _build(verbose)
+            _error = None
+        except Exception as error:
+            _error = str(error)
+            raise
+        finally:
+            _tried = True
+        return _module
+
+
+def cpu_kernel_available() -> bool:
+    """Whether the kernel builds and loads here. Tried once per process; never raises."""
+    if not _tried:
+        try:
+            build()
+        except Exception:  # noqa: BLE001 - the message is kept for cpu_kernel_error()
+            pass
+    return _module is not None
+
+
+def cpu_kernel_error() -> str | None:
+    """Why the kernel is unavailable (``None`` when it loaded or was not tried yet)."""
+    return _error
+
+
+def load_cpu_kernel():
+    """The extension module; ``RuntimeError`` with the build failure otherwise."""
+    if _module is not None:
+        return _module
+    if _tried:
+        raise RuntimeError(f"the CPU selective-scan kernel is unavailable: {_error}")
+    try:
+        return build()
+    except RuntimeError:
+        raise
+    except Exception as error:  # noqa: BLE001 - normalise to RuntimeError for callers
+        raise RuntimeError(f"the CPU selective-scan kernel is unavailable: {error}") from error
+
+
+def _sum_batch(t: torch.Tensor | None) -> torch.Tensor | None:
+    if t is None:
+        return None
+    return t[0] if t.shape[0] == 1 else t.sum(0)
+
+
+class _SelectiveScanCPU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, needs_grad):
+        kernel = load_cpu_kernel()
+        out, last_state, checkpoints = kernel.fwd(u, delta, A, B, C, D, z, delta_bias, initial_state,
+                                                  bool(delta_softplus), needs_grad)
+        ctx.delta_softplus = bool(delta_softplus)
+        ctx.has_D, ctx.has_z, ctx.has_bias = D is not None, z is not None, delta_bias is not None
+        if needs_grad:
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, checkpoints)
+        # an unused output arrives as None instead of a freshly allocated zero tensor
+        ctx.set_materialize_grads(False)
+        return out, last_state
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out, grad_last_state):
+        u, delta, A, B, C, D, z, delta_bias, checkpoints = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        if grad_out is not None:
+            grad_out = grad_out.contiguous()
+        if grad_last_state is not None:
+            grad_last_state = grad_last_state.contiguous()
+        du, ddelta, dA, dB, dC, dD, dz, dbias, dinit = load_cpu_kernel().bwd(
+            u, delta, A, B, C, D, z, delta_bias, checkpoints, grad_out, grad_last_state,
+            ctx.delta_softplus, need[3], need[4], need[8],
+        )
+        return (
+            du if need[0] else None,
+            ddelta if need[1] else None,
+            _sum_batch(dA) if need[2] else None,
+            dB if need[3] else None,
+            dC if need[4] else None,
+            _sum_batch(dD) if need[5] else None,
+            dz if need[6] else None,
+            _sum_batch(dbias) if need[7] else None,
+            dinit if need[8] else None,
+            None,
+            None,
+        )
+
+
+def _contiguous(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.contiguous()
+
+
+def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_state=None,
+                       delta_softplus=False):
+    """Fused CPU selective scan, differentiable in every tensor input and in the returned state.
+
+    Args:
+        u, delta: ``(B, E, L)``. A: ``(E, N)`` with ``N <= 64``. B, C: ``(B, G, N, L)``, channel ``e`` reading
+        group ``e // (E // G)``. D, delta_bias: ``(E,)`` or None. z: ``(B, E, L)`` or None.
+        initial_state: ``(B, E, N)`` or None (zeros). All float32, or all float64, on the CPU.
+
+    Returns:
+        ``out (B, E, L)`` and ``last_state (B, E, N)``, the state after the last step.
+    """
+    dtype = u.dtype
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"selective_scan_cpu: expected float32 or float64 inputs, got {dtype}")
+    for name, t in (("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z),
+                    ("delta_bias", delta_bias), ("initial_state", initial_state)):
+        if t is not None and t.dtype != dtype:
+            raise TypeError(f"selective_scan_cpu: `{name}` is {t.dtype} but `u` is {dtype}")
+    inputs = (u, delta, A, B, C, D, z, delta_bias, initial_state)
+    # checkpoints are only kept when a backward can follow (needs_input_grad ignores no_grad mode)
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+    return _SelectiveScanCPU.apply(*(_contiguous(t) for t in inputs), bool(delta_softplus), needs_grad)
+
+
+__all__ = ["build", "cpu_kernel_available", "cpu_kernel_error", "load_cpu_kernel", "selective_scan_cpu"]
