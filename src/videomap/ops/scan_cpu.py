@@ -1,6 +1,8 @@
 """The fused CPU selective scan: a C++ kernel built on first use with ``torch.utils.cpp_extension``.
 
-The kernel (``csrc/selective_scan_cpu.cpp``) has the semantics of :mod:`videomap.ops.scan_reference` and is
+The extension also carries the depthwise causal convolution used in front of the scan
+(``csrc/causal_conv_cpu.cpp``, see :mod:`videomap.ops.causal_conv`). The scan kernel
+(``csrc/selective_scan_cpu.cpp``) has the semantics of :mod:`videomap.ops.scan_reference` and is
 differentiable with respect to every tensor input and to the returned last state. It is compiled once per
 source, compiler flags, CPU and torch version, and cached in torch's extension directory
 (``$TORCH_EXTENSIONS_DIR`` to move it).
@@ -9,7 +11,6 @@ source, compiler flags, CPU and torch version, and cached in torch's extension d
 from __future__ import annotations
 
 import hashlib
-import os
 import platform
 import threading
 from pathlib import Path
@@ -17,7 +18,9 @@ from typing import Any
 
 import torch
 
-_SOURCE = Path(__file__).resolve().parent / "csrc" / "selective_scan_cpu.cpp"
+_CSRC = Path(__file__).resolve().parent / "csrc"
+# One extension holds every CPU kernel: the scan and the causal conv in front of it.
+_SOURCES = (_CSRC / "selective_scan_cpu.cpp", _CSRC / "causal_conv_cpu.cpp")
 _BASE_CFLAGS = ["-O3", "-ffp-contract=fast", "-fno-trapping-math"]
 # -march=native is what lets the compiler use AVX-512 where the CPU has it; a compiler that rejects it
 # still gets a portable build.
@@ -43,7 +46,7 @@ def _cpu_signature() -> str:
 
 def _extension_name(flags: list[str]) -> str:
     digest = hashlib.sha256()
-    for part in (_SOURCE.read_bytes(), " ".join(flags).encode(), _cpu_signature().encode(),
+    for part in (*(source.read_bytes() for source in _SOURCES), " ".join(flags).encode(), _cpu_signature().encode(),
                  torch.__version__.encode()):
         digest.update(part)
         digest.update(b"\0")
@@ -53,12 +56,13 @@ def _extension_name(flags: list[str]) -> str:
 def _build(verbose: bool):
     from torch.utils.cpp_extension import load
 
-    if not _SOURCE.is_file():
-        raise RuntimeError(f"the kernel source {_SOURCE} is missing from the installation")
+    missing = [str(source) for source in _SOURCES if not source.is_file()]
+    if missing:
+        raise RuntimeError(f"the kernel sources {missing} are missing from the installation")
     failures = []
     for flags in _FLAG_SETS:
         try:
-            return load(name=_extension_name(flags), sources=[str(_SOURCE)], extra_cflags=flags, verbose=verbose)
+            return load(name=_extension_name(flags), sources=[str(source) for source in _SOURCES], extra_cflags=flags, verbose=verbose)
         except Exception as error:  # noqa: BLE001 - try the next flag set, report all at the end
             failures.append(f"[{' '.join(flags)}] {type(error).__name__}: {str(error).strip()[-2000:]}")
     raise RuntimeError(
@@ -126,7 +130,6 @@ class _SelectiveScanCPU(torch.autograd.Function):
         out, last_state, checkpoints = kernel.fwd(u, delta, A, B, C, D, z, delta_bias, initial_state,
                                                   bool(delta_softplus), needs_grad)
         ctx.delta_softplus = bool(delta_softplus)
-        ctx.has_D, ctx.has_z, ctx.has_bias = D is not None, z is not None, delta_bias is not None
         if needs_grad:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, checkpoints)
         # an unused output arrives as None instead of a freshly allocated zero tensor
@@ -172,7 +175,8 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, initi
     Args:
         u, delta: ``(B, E, L)``. A: ``(E, N)`` with ``N <= 64``. B, C: ``(B, G, N, L)``, channel ``e`` reading
         group ``e // (E // G)``. D, delta_bias: ``(E,)`` or None. z: ``(B, E, L)`` or None.
-        initial_state: ``(B, E, N)`` or None (zeros). All float32, or all float64, on the CPU.
+        initial_state: ``(B, E, N)`` or None (zeros). All float32, or all float64 (a slower portable path
+        with libm's exp, meant for tests and gradcheck), on the CPU; any strides.
 
     Returns:
         ``out (B, E, L)`` and ``last_state (B, E, N)``, the state after the last step.

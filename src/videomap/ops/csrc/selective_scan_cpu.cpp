@@ -7,7 +7,7 @@
 //
 // Layout and vectorisation. The recurrence is sequential in time but independent across channels, so one
 // SIMD register holds 16 channels (one lane each) of one batch element, and the N states of such a
-// 16-channel block stay in registers along the sequence. (Parallel-in-time formulations were slower than
+// 16-channel block stay in registers along the sequence. (Parallel-in-time formulations are slower than
 // this loop on CPU, and the cheap chunked ones overflow in fp32.) u, delta, z and out are (B, E, L), so
 // each 64-step chunk of a block goes through a small tile: 16 rows read contiguously along L and transposed
 // in registers so that step t is one vector. B and C are (B, G, N, L) and shared by all channels of a
@@ -78,20 +78,30 @@ struct VG {
   static VG load(const S* p) { VG r; VM_LANES(i) r.v[i] = p[i]; return r; }
   void store(S* p) const { VM_LANES(i) p[i] = v[i]; }
 };
-template <typename S> inline VG<S> operator+(const VG<S>& a, const VG<S>& b) { VG<S> r; VM_LANES(i) r.v[i] = a.v[i] + b.v[i]; return r; }
-template <typename S> inline VG<S> operator-(const VG<S>& a, const VG<S>& b) { VG<S> r; VM_LANES(i) r.v[i] = a.v[i] - b.v[i]; return r; }
-template <typename S> inline VG<S> operator*(const VG<S>& a, const VG<S>& b) { VG<S> r; VM_LANES(i) r.v[i] = a.v[i] * b.v[i]; return r; }
-template <typename S> inline VG<S> operator/(const VG<S>& a, const VG<S>& b) { VG<S> r; VM_LANES(i) r.v[i] = a.v[i] / b.v[i]; return r; }
-template <typename S> inline VG<S> vfma(const VG<S>& a, const VG<S>& b, const VG<S>& c) { VG<S> r; VM_LANES(i) r.v[i] = a.v[i] * b.v[i] + c.v[i]; return r; }
+template <typename S> inline VG<S> operator+(const VG<S>& a, const VG<S>& b) {
+  VG<S> r; VM_LANES(i) r.v[i] = a.v[i] + b.v[i]; return r;
+}
+template <typename S> inline VG<S> operator-(const VG<S>& a, const VG<S>& b) {
+  VG<S> r; VM_LANES(i) r.v[i] = a.v[i] - b.v[i]; return r;
+}
+template <typename S> inline VG<S> operator*(const VG<S>& a, const VG<S>& b) {
+  VG<S> r; VM_LANES(i) r.v[i] = a.v[i] * b.v[i]; return r;
+}
+template <typename S> inline VG<S> operator/(const VG<S>& a, const VG<S>& b) {
+  VG<S> r; VM_LANES(i) r.v[i] = a.v[i] / b.v[i]; return r;
+}
+template <typename S> inline VG<S> vfma(const VG<S>& a, const VG<S>& b, const VG<S>& c) {
+  VG<S> r; VM_LANES(i) r.v[i] = a.v[i] * b.v[i] + c.v[i]; return r;
+}
 // lanes where x > thr take a, the others (NaN included) take b
 template <typename S> inline VG<S> select_gt(const VG<S>& x, S thr, const VG<S>& a, const VG<S>& b) {
   VG<S> r; VM_LANES(i) r.v[i] = x.v[i] > thr ? a.v[i] : b.v[i]; return r;
 }
 
 // 2^x for fp32: x = k + f with k = round(x) and |f| <= 1/2 (f is exact), 2^f by a degree-6 polynomial
-// fitted for minimal relative error on [-1/2, 1/2] (7.9e-8 evaluated in fp32, against 7.7e-8 for the
-// degree-7 Taylor series it replaces), 2^k from exponent bits in two halves so that k in [-160, 130] never
-// leaves the normal range. Written as separate simple loops (rounding by the 1.5 * 2^23 trick rather than
+// fitted for minimal relative error on [-1/2, 1/2] (7.9e-8 evaluated in fp32, as good as the degree-7
+// Taylor series with one multiply-add less), 2^k from exponent bits in two halves so that k in [-160, 130]
+// never leaves the normal range. Written as separate simple loops (rounding by the 1.5 * 2^23 trick rather than
 // floor) so that the compiler vectorises each of them.
 constexpr float kE1 = 6.931471825e-01f, kE2 = 2.402264625e-01f, kE3 = 5.550328642e-02f, kE4 = 9.618489072e-03f,
                 kE5 = 1.339993207e-03f, kE6 = 1.534580806e-04f;
@@ -166,14 +176,15 @@ inline VG<float> vlog1p01(const VG<float>& e) {
   return r;
 }
 template <typename S> inline VG<S> vabs(const VG<S>& x) { VG<S> r; VM_LANES(i) r.v[i] = std::abs(x.v[i]); return r; }
-template <typename S> inline VG<S> vmax(const VG<S>& a, const VG<S>& b) { VG<S> r; VM_LANES(i) r.v[i] = a.v[i] > b.v[i] ? a.v[i] : b.v[i]; return r; }
+template <typename S> inline VG<S> vmax(const VG<S>& a, const VG<S>& b) {
+  VG<S> r; VM_LANES(i) r.v[i] = a.v[i] > b.v[i] ? a.v[i] : b.v[i]; return r;
+}
 template <typename S> inline VG<S> select_nonneg(const VG<S>& x, const VG<S>& a, const VG<S>& b) {
   VG<S> r; VM_LANES(i) r.v[i] = x.v[i] >= S(0) ? a.v[i] : b.v[i]; return r;
 }
 
 template <typename S>
 struct TileOps {
-  using V = VG<S>;
   // dst[t * dst_ld + 16 * grp + r] = src[(16 * grp + r) * ld + t] for rows < nrows, 0 for rows >= nrows.
   static void tile_in(const S* src, int64_t ld, int nrows, int ngroups, int ncols, S* dst, int dst_ld) {
     for (int grp = 0; grp < ngroups; ++grp)
@@ -239,7 +250,7 @@ inline VF vexp2(VF xv) {
   // max returns its second operand when one is NaN: x second so that NaN propagates
   const __m512 x = _mm512_max_ps(_mm512_set1_ps(-160.0f), xv.v);
   const __m512 k = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  return {_mm512_scalef_ps(exp2_poly(_mm512_sub_ps(x, k)), k)};  // scalef saturates to 0 / inf itself
+  return {_mm512_scalef_ps(exp2_poly(_mm512_sub_ps(x, k)), k)};
 }
 // e^x with the reduction in base e, as the portable twin above
 inline VF vexp(VF xv) {
@@ -251,7 +262,6 @@ inline VF vexp(VF xv) {
   r = _mm512_fnmadd_ps(k, _mm512_set1_ps(kLn2Lo), r);
   return {_mm512_scalef_ps(exp2_poly(_mm512_mul_ps(r, _mm512_set1_ps(kLog2eF))), k)};
 }
-
 
 // log1p(e) for e in [0, 1] (softplus evaluates it at e = exp(-|x|)): 2 atanh(s) with s = e / (2 + e) in
 // [0, 1/3], by its series up to s^15 (truncation below 1.3e-9 relative).
@@ -371,7 +381,8 @@ struct TileOps<float> {
       c[i] = _mm512_add_ps(_mm512_mask_blend_ps(0xCCCC, x, y), _mm512_permute_ps(hi, _MM_SHUFFLE(1, 0, 3, 2)));
     }
     const __m512 hi = _mm512_mask_blend_ps(0xAAAA, c[1], c[0]);
-    const __m512 d = _mm512_add_ps(_mm512_mask_blend_ps(0xAAAA, c[0], c[1]), _mm512_permute_ps(hi, _MM_SHUFFLE(2, 3, 0, 1)));
+    const __m512 d =
+        _mm512_add_ps(_mm512_mask_blend_ps(0xAAAA, c[0], c[1]), _mm512_permute_ps(hi, _MM_SHUFFLE(2, 3, 0, 1)));
     _mm512_mask_storeu_ps(dst, col_mask(ncols), d);
   }
 };
@@ -483,7 +494,8 @@ inline void prefetch_step(const Rows<S>* sets, int nsets, int t) {
   for (int q = 0; q < per; ++q) {
     const int idx = t * per + q, row = idx / lines, line = idx % lines;
     for (int i = 0; i < nsets; ++i)
-      if (row < sets[i].nrows) prefetch_line(sets[i].p + row * sets[i].ld + line * (64 / static_cast<int>(sizeof(S))));
+      if (row < sets[i].nrows)
+        prefetch_line(sets[i].p + row * sets[i].ld + line * (64 / static_cast<int>(sizeof(S))));
   }
 }
 
@@ -1053,7 +1065,13 @@ bool has_avx512() { return VM_SCAN_AVX512 != 0; }
 
 }  // namespace
 
+// Defined in causal_conv_cpu.cpp, built into the same extension.
+torch::Tensor causal_conv1d_fwd(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias, bool reverse);
+std::vector<torch::Tensor> causal_conv1d_bwd(torch::Tensor x, torch::Tensor w, torch::Tensor dout, bool reverse);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("causal_conv1d_fwd", &causal_conv1d_fwd, "depthwise causal conv1d over (B, E, L) rows");
+  m.def("causal_conv1d_bwd", &causal_conv1d_bwd, "its backward: (dx, dweight, dbias)");
   m.def("fwd", &scan_fwd, "selective scan forward: (out, last_state, checkpoints)");
   m.def("bwd", &scan_bwd,
         "selective scan backward: (du, ddelta, dA per batch, dB, dC, dD per batch, dz, ddelta_bias per batch, "
