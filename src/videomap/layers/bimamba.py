@@ -91,17 +91,20 @@ class BiMamba(nn.Module):
     ) -> torch.Tensor:
         """One causal direction. x, z: ``(B, E, L)`` → gated output ``(B, E, L)``."""
         x = causal_conv1d(x, conv.weight.squeeze(1), conv.bias, activation="silu")
-        x_dbl = F.linear(x.transpose(1, 2), x_proj.weight)  # (B, L, R + 2N)
-        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        # The projections stay in the channels-first (B, C, L) layout of the conv and the scan, as
+        # (C_out, C_in) @ (B, C_in, L) products: no (B, E, L) transpose is copied, and B and C come out as
+        # (B, N, L) slices.
+        x_dbl = torch.matmul(x_proj.weight, x)  # (B, R + 2N, L)
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=1)
         # dt_proj's bias is applied inside the scan (delta_bias), before the softplus, as in Mamba.
-        delta = torch.matmul(dt_proj.weight, dt.transpose(1, 2))  # (B, E, L)
+        delta = torch.matmul(dt_proj.weight, dt)  # (B, E, L)
         A = -torch.exp(A_log.float())
         return selective_scan(
             x,
             delta,
             A,
-            B.transpose(1, 2).contiguous(),  # (B, N, L)
-            C.transpose(1, 2).contiguous(),
+            B,
+            C,
             D.float(),
             z=z,
             delta_bias=dt_proj.bias.float(),
