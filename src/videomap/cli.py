@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"videomap: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    from .ops.allocator import tune_cpu_allocator
+
+    tune_cpu_allocator()
     return _call(COMMANDS[name][0], argv[1:])
 
 

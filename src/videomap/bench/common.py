@@ -15,6 +15,8 @@ from typing import Callable
 
 import torch
 
+from ..ops.allocator import release_free_memory
+
 
 @dataclass
 class Measurement:
@@ -56,6 +58,9 @@ def measure_peak_memory(fn: Callable[[], object], device: torch.device) -> float
         fn()
         torch.cuda.synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    # Freed pages kept by the allocator would be reused without raising the RSS: hand them back first so
+    # the peak counts every page the run touches.
+    release_free_memory()
     base = _rss_status("VmRSS")
     if base is None or not _reset_peak_rss():
         return float("nan")

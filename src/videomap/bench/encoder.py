@@ -376,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..ops.allocator import tune_cpu_allocator
+
+    tune_cpu_allocator()  # as the videomap command does, so numbers match it
     args = build_parser().parse_args(argv)
     if args.worker is not None:  # one isolated configuration; the result is the last JSON line on stdout
         config = json.loads(args.worker)

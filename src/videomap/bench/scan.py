@@ -84,6 +84,9 @@ def format_scan_table(rows, batch, channels, state, dtype) -> str:
 
 
 def main(argv=None) -> int:
+    from ..ops.allocator import tune_cpu_allocator
+
+    tune_cpu_allocator()  # as the videomap command does, so numbers match it
     parser = argparse.ArgumentParser(prog="videomap bench scan", description=__doc__)
     parser.add_argument("--lengths", type=int, nargs="+", default=[1568, 3136, 6272, 12544])
     parser.add_argument("--batch", type=int, default=1)
