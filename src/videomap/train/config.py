@@ -81,6 +81,9 @@ class DataConfig:
     root: str = ""
     #: Annotation format: ``auto`` or a reader name (``list``, ``kinetics_csv``, ``ssv2``, ``folder``, ...).
     format: str = "auto"
+    #: Class names for formats whose files carry none (``list``): a text file with one name per line, or a
+    #: JSON list / ``{name: index}`` mapping; ``None`` = the names the annotations give (``"0"``, ``"1"``, ...).
+    classes: Optional[str] = None
     num_frames: int = 8
     img_size: int = 224
     num_workers: int = 2
@@ -189,7 +192,8 @@ class EvalConfig:
     """Evaluation / feature extraction."""
 
     batch_size: int = 8
-    #: Folder for ``results.json`` and plots; ``None`` = ``train.output_dir``.
+    #: Folder for ``results.json`` and plots (``eval``) or feature shards (``extract``); ``None`` =
+    #: ``train.output_dir/eval`` or ``train.output_dir/features``.
     output_dir: Optional[str] = None
     #: Feature pooling for ``videomap extract``: ``cls``, ``avg`` or ``frame``.
     pool: str = "cls"
