@@ -323,15 +323,10 @@ def main(argv: list[str] | None = None) -> int:
 
     tune_cpu_allocator()  # as the videomap command does, so numbers match it
     args = build_parser().parse_args(argv)
-    if args.worker is not None:  # one isolated configuration; the result is the last JSON line on stdout
-        config = json.loads(args.worker)
-        threads = config.pop("threads", None)
-        import torch
+    if args.worker is not None:  # one isolated configuration
+        from .common import run_worker
 
-        if threads:
-            torch.set_num_threads(threads)
-        print(json.dumps(measure_configuration(**config)))
-        return 0
+        return run_worker(args.worker, measure_configuration)
     unknown = [m for m in args.models if not _is_registered(m)]
     if unknown:
         print(f"unknown model(s) {unknown}", file=sys.stderr)

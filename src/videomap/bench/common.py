@@ -122,3 +122,16 @@ def machine_summary() -> str:
         pass
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs ({cpu}){gpu}"
+
+
+def run_worker(config_json: str, measure_configuration: Callable[..., dict]) -> int:
+    """Body of a benchmark's hidden ``--worker`` mode: measure one configuration given as JSON (optionally
+    with ``threads``) and print the result as the last JSON line on stdout, for the parent to read."""
+    import json
+
+    config = json.loads(config_json)
+    threads = config.pop("threads", None)
+    if threads:
+        torch.set_num_threads(threads)
+    print(json.dumps(measure_configuration(**config)))
+    return 0

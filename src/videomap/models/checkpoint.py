@@ -27,6 +27,17 @@ class CheckpointMismatchError(RuntimeError):
     """A checkpoint's parameters do not fit the model; the message lists every difference."""
 
 
+def key_section(title: str, items, limit: int) -> list[str]:
+    """Report lines for one list of keys: a titled count, at most ``limit`` items, and how many were cut."""
+    if not items:
+        return []
+    lines = [f"  {title} ({len(items)}):"]
+    lines.extend(f"    {item}" for item in items[:limit])
+    if len(items) > limit:
+        lines.append(f"    ... and {len(items) - limit} more")
+    return lines
+
+
 @dataclass
 class LoadReport:
     """What loading did: keys missing from / unexpected in the checkpoint, shape mismatches, embeddings
@@ -46,11 +57,7 @@ class LoadReport:
         lines = []
 
         def section(title, items):
-            if items:
-                lines.append(f"  {title} ({len(items)}):")
-                lines.extend(f"    {item}" for item in items[:limit])
-                if len(items) > limit:
-                    lines.append(f"    ... and {len(items) - limit} more")
+            lines.extend(key_section(title, items, limit))
 
         section("in the model but not in the checkpoint", self.missing)
         section("in the checkpoint but not in the model", self.unexpected)

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from ..layers import infer_square_grid, resample_spatial_pos_embed
-from .checkpoint import HEAD_KEYS, CheckpointMismatchError, _unwrap, load_state_dict_into
+from .checkpoint import HEAD_KEYS, CheckpointMismatchError, _unwrap, key_section, load_state_dict_into
 from .config import VideoMAPConfig
 from .registry import MODEL_CONFIGS, get_model_config
 from .videomap import VideoMAP
@@ -71,11 +71,7 @@ class ConversionReport:
         lines = [f"converted a {self.source} checkpoint: {self.loaded} tensors copied unchanged"]
 
         def section(title, items):
-            if items:
-                lines.append(f"  {title} ({len(items)}):")
-                lines.extend(f"    {item}" for item in items[:limit])
-                if len(items) > limit:
-                    lines.append(f"    ... and {len(items) - limit} more")
+            lines.extend(key_section(title, items, limit))
 
         section("transformed", self.transformed)
         section("in the checkpoint but not mapped", self.unmapped)
