@@ -16,8 +16,9 @@
 //
 // Work split. The blocks of one (batch, group) are cut into P ranges, P fixed by the shape alone; a task
 // is one range, and it walks its blocks chunk-major (for each chunk, every block in turn, each block's
-// state parked in a small buffer in between), so that a chunk's B/C tiles are loaded once per task. The
-// inputs of the next block-chunk are prefetched while the current one computes.
+// state parked in a small buffer in between), so that a chunk's B/C tiles are loaded once per task. Threads
+// take tasks from a shared counter. The inputs of the next block-chunk are prefetched while the current
+// one computes.
 //
 // Checkpointing. The forward saves each block's state at the start of every chunk, a (B, ceil(L/64), E, N)
 // tensor: memory stays O(B*E*L), never O(B*E*N*L). The backward walks the chunks from last to first; for
@@ -35,6 +36,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -499,6 +501,19 @@ inline void prefetch_step(const Rows<S>* sets, int nsets, int t) {
   }
 }
 
+// Runs worker(next_task) on every thread, each worker pulling task indices until none is left. Tasks are
+// handed out dynamically rather than cut in fixed shares, so that a thread slowed by other work on a
+// shared machine does not hold the others up; each task writes only its own outputs, so results do not
+// depend on which thread ran it.
+template <class Worker>
+void run_tasks(int64_t ntask, const Worker& worker) {
+  if (ntask <= 0) return;
+  std::atomic<int64_t> next{0};
+  const auto take = [&]() { return next.fetch_add(1, std::memory_order_relaxed); };
+  const int64_t nworkers = std::min<int64_t>(ntask, at::get_num_threads());
+  at::parallel_for(0, nworkers, 1, [&](int64_t, int64_t) { worker(take, ntask); });
+}
+
 // A task owns a range of blocks of one (batch, group) and walks them chunk-major: for each 64-step chunk,
 // every block in turn, each block's state carried in a small buffer between its chunks. B/C tiles are then
 // loaded once per chunk for all the task's blocks, and the backward's dB/dC lane products of all its blocks
@@ -595,7 +610,7 @@ struct Scan {
 
   static void forward(const Shape& s, const FwdArgs<S>& p, int64_t P) {
     const int64_t maxnb = (s.nblk + P - 1) / P;
-    at::parallel_for(0, s.batch * s.G * P, 1, [&](int64_t lo, int64_t hi) {
+    run_tasks(s.batch * s.G * P, [&](const auto& take, int64_t ntask) {
       Arena<S> arena(4 * TCH * W + 2 * TCH * NT + maxnb * (2 * VS + 2 * W) + 16 * 16);
       S* ut = arena.take(TCH * W);
       S* dtt = arena.take(TCH * W);
@@ -607,7 +622,7 @@ struct Scan {
       S* hst = arena.take(maxnb * VS);
       S* Ds = arena.take(maxnb * W);
       S* biass = arena.take(maxnb * W);
-      for (int64_t task = lo; task < hi; ++task) {
+      for (int64_t task = take(); task < ntask; task = take()) {
         const Task tk = task_of(s, P, task);
         for (int64_t i = 0; i < tk.nb; ++i) {
           const int64_t e0 = first_channel(s, tk, i);
@@ -760,7 +775,7 @@ struct Scan {
   static void backward(const Shape& s, const BwdArgs<S>& p) {
     const int64_t P = p.P;
     const int64_t maxnb = (s.nblk + P - 1) / P;
-    at::parallel_for(0, s.batch * s.G * P, 1, [&](int64_t lo, int64_t hi) {
+    run_tasks(s.batch * s.G * P, [&](const auto& take, int64_t ntask) {
       Arena<S> arena(8 * TCH * W + 2 * TCH * NT + 4 * TCH * VS + VS + maxnb * (4 * VS + 4 * W) + 16 * 32);
       S* ut = arena.take(TCH * W);
       S* dtt = arena.take(TCH * W);
@@ -785,7 +800,7 @@ struct Scan {
       S* biass = arena.take(maxnb * W);
       S* dDs = arena.take(maxnb * W);
       S* dbiass = arena.take(maxnb * W);
-      for (int64_t task = lo; task < hi; ++task) {
+      for (int64_t task = take(); task < ntask; task = take()) {
         const Task tk = task_of(s, P, task);
         for (int64_t i = 0; i < tk.nb; ++i) {
           const int64_t e0 = first_channel(s, tk, i);
@@ -959,11 +974,11 @@ void check_inputs(const Shape& s, const at::Tensor& u, const at::Tensor& delta, 
 }
 
 // How many ranges the blocks of a (batch, group) are cut into: enough independent tasks for the threads,
-// several blocks per range so that per-chunk work (B/C tiles, dB/dC reductions) is shared, and not so many
-// that tasks get too coarse to balance. A function of the shape alone, so that results do not depend on
-// the thread count.
-int64_t block_ranges(const Shape& s) {
-  const int64_t want_tasks = 16, min_blocks = 6, max_blocks = 12;
+// several blocks per range so that per-chunk work is shared (B/C tiles; in the backward also the dB/dC
+// reductions, hence more blocks there), and not so many that tasks get too coarse to balance. A function
+// of the shape alone, so that results do not depend on the thread count.
+int64_t block_ranges(const Shape& s, int64_t min_blocks) {
+  const int64_t want_tasks = 16, max_blocks = 12;
   const int64_t rows = std::max<int64_t>(1, s.batch * s.G);
   const int64_t by_tasks = (want_tasks + rows - 1) / rows;
   const int64_t by_size = std::max<int64_t>(1, s.nblk / min_blocks);
@@ -987,7 +1002,7 @@ std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const at::Tensor& delta, c
                         ptr_or_null<scalar_t>(z), ptr_or_null<scalar_t>(bias), ptr_or_null<scalar_t>(init),
                         out.data_ptr<scalar_t>(), last.data_ptr<scalar_t>(),
                         save_checkpoints ? ckpt.data_ptr<scalar_t>() : nullptr};
-    dispatch_n<scalar_t, RunFwd>(s.N, s, a, block_ranges(s));
+    dispatch_n<scalar_t, RunFwd>(s.N, s, a, block_ranges(s, 3));
   });
   return {out, last, ckpt};
 }
@@ -1031,8 +1046,7 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& delta, c
   at::Tensor dz = hasz ? at::empty_like(u) : at::Tensor();
   at::Tensor dbias = hasbias ? at::empty({s.batch, s.E}, opts) : at::Tensor();
   at::Tensor dinit = want_dinit ? at::empty({s.batch, s.E, s.N}, opts) : at::Tensor();
-  // enough independent tasks for the threads when batch * G is small; fixed by the shape alone
-  const int64_t P = block_ranges(s);
+  const int64_t P = block_ranges(s, 6);
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_bwd", [&] {
     using S = scalar_t;
     thread_local std::vector<S> workspace;  // dB/dC slices when P > 1, reused across calls
