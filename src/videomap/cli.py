@@ -12,7 +12,7 @@ import sys
 
 # name -> (module:function taking argv, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "pretrain": ("videomap.train.pretraining:pretrain_main", "frame-wise masked autoregressive pretraining"),
+    "pretrain": ("videomap.train.commands:pretrain_main", "frame-wise masked autoregressive pretraining"),
     "finetune": ("videomap.train.commands:finetune_main", "fine-tune a backbone for video classification"),
     "eval": ("videomap.train.commands:eval_main", "multi-view evaluation: top-1/top-5, per-class accuracy"),
     "extract": ("videomap.train.commands:extract_main", "per-video features into safetensors shards"),

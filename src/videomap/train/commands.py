@@ -1,4 +1,4 @@
-"""Entry points of ``videomap finetune``, ``videomap eval`` and ``videomap extract``.
+"""Entry points of ``videomap pretrain``, ``videomap finetune``, ``videomap eval`` and ``videomap extract``.
 
 Each takes the arguments after the subcommand: an optional ``--config RECIPE.yaml`` and any number of dotted
 overrides (``optim.lr=1e-4``), and returns an exit code (0 success, 1 a run that failed, 2 a bad command
@@ -23,9 +23,14 @@ from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from .config import Config, ConfigError, apply_overrides, config_from_dict, load_yaml_recipe, parse_overrides
 
-__all__ = ["finetune_main", "eval_main", "extract_main", "config_help"]
+__all__ = ["pretrain_main", "finetune_main", "eval_main", "extract_main", "config_help"]
 
 EXAMPLES = {
+    "pretrain": """\
+  videomap pretrain --config configs/pretrain/videomap_tiny_demo.yaml data.train=videos.txt optim.lr=1e-4
+  videomap pretrain data.train=videos.txt model.name=videomap_tiny data.num_frames=8 data.img_size=64 \\
+      train.max_steps=200 pretrain.recon_every=50 train.output_dir=runs/pretrain
+  torchrun --nproc_per_node=2 -m videomap pretrain --config RECIPE.yaml""",
     "finetune": """\
   videomap finetune --config configs/finetune/k400_videomap_small.yaml model.checkpoint=runs/pretrain/encoder
   videomap finetune data.train=train.txt data.val=val.txt data.classes=classes.txt model.name=videomap_tiny \\
@@ -41,6 +46,8 @@ EXAMPLES = {
 }
 
 DESCRIPTIONS = {
+    "pretrain": "Frame-wise masked autoregressive pretraining; writes OUTPUT/encoder/, checkpoints/last.pt "
+                "(train.resume=auto continues it) and, for pixel targets, reconstruction pictures.",
     "finetune": "Fine-tune a video classifier: layer-wise lr decay, drop path, Mixup/CutMix, label smoothing, "
                 "EMA, validation and best-checkpoint selection into OUTPUT/best/.",
     "eval": "Multi-view evaluation: softmax averaged over clips x crops per video; writes results.json "
@@ -51,6 +58,7 @@ DESCRIPTIONS = {
 
 # Sections each command reads (the others are accepted, so one recipe serves every command).
 SECTIONS = {
+    "pretrain": ("model", "data", "train", "optim", "pretrain"),
     "finetune": ("model", "data", "train", "optim", "finetune", "eval"),
     "eval": ("model", "data", "eval", "train"),
     "extract": ("model", "data", "eval", "train"),
@@ -175,6 +183,19 @@ def _run(command: str, argv: Sequence[str], job: Callable[[Config, Set[str]], ob
 
 
 # ------------------------------------------------------------------------------------------ commands
+
+
+def pretrain_main(argv: Sequence[str]) -> int:
+    """``videomap pretrain [--config RECIPE] [overrides]``."""
+    def job(cfg: Config, explicit: Set[str]):
+        from .pretraining import run_pretrain
+
+        result = run_pretrain(cfg)
+        print(f"videomap pretrain: {result['step']} steps, encoder saved to {result['encoder']}"
+              + (" (interrupted; resume with train.resume=auto)" if result["interrupted"] else ""))
+        return result
+
+    return _run("pretrain", argv, job)
 
 
 def finetune_main(argv: Sequence[str]) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 
@@ -19,7 +19,6 @@ from ..models import create_model
 from ..pretrain import MAPPretrainer, reconstruction_grid, save_png
 from .batches import ResumableBatches
 from .callbacks import Every, ExportModel
-from .command_line import config_from_argv
 from .config import Config
 from .loop import Trainer
 from .runtime import Runtime, seed_everything
@@ -130,12 +129,3 @@ def run_pretrain(cfg: Config) -> dict:
             "encoder": str(output / "encoder"), "checkpoint": str(result.checkpoint),
             "failed_videos": failures.summary()}
 
-
-def pretrain_main(argv: Optional[Sequence[str]] = None) -> int:
-    """``videomap pretrain [--config RECIPE] key=value ...``."""
-    cfg = config_from_argv(argv, "videomap pretrain", "Frame-wise masked autoregressive pretraining.",
-                           "videomap pretrain --config configs/pretrain/videomap_small_k400.yaml optim.lr=1e-4")
-    result = run_pretrain(cfg)
-    print(f"videomap pretrain: {result['step']} steps, encoder saved to {result['encoder']}"
-          + (" (interrupted; resume with train.resume=auto)" if result["interrupted"] else ""))
-    return 0
