@@ -22,9 +22,17 @@ _CSRC = Path(__file__).resolve().parent / "csrc"
 # One extension holds every CPU kernel: the scan and the causal conv in front of it.
 _SOURCES = (_CSRC / "selective_scan_cpu.cpp", _CSRC / "causal_conv_cpu.cpp")
 _BASE_CFLAGS = ["-O3", "-ffp-contract=fast", "-fno-trapping-math"]
-# -march=native is what lets the compiler use AVX-512 where the CPU has it; a compiler that rejects it
-# still gets a portable build.
-_FLAG_SETS = (_BASE_CFLAGS + ["-march=native"], _BASE_CFLAGS)
+# at::parallel_for is an inline `#pragma omp parallel` (torch's CPU wheels use the OpenMP backend), compiled
+# into this extension: without -fopenmp it silently runs on one thread. The extension then shares torch's
+# libgomp (same soname, already loaded), so torch.set_num_threads applies. -march=native is what lets the
+# compiler use AVX-512 where the CPU has it. Each fallback drops what a compiler may reject; the last one
+# is correct but single-threaded.
+_OPENMP = ["-fopenmp"]
+_FLAG_SETS = (  # (compile flags, link flags)
+    (_BASE_CFLAGS + ["-march=native"] + _OPENMP, _OPENMP),
+    (_BASE_CFLAGS + _OPENMP, _OPENMP),
+    (_BASE_CFLAGS, []),
+)
 
 _lock = threading.Lock()
 _module: Any = None
@@ -45,6 +53,7 @@ def _cpu_signature() -> str:
 
 
 def _extension_name(flags: list[str]) -> str:
+    """A name per source, flags, CPU and torch version, so that a change of any of them builds afresh."""
     digest = hashlib.sha256()
     for part in (*(source.read_bytes() for source in _SOURCES), " ".join(flags).encode(), _cpu_signature().encode(),
                  torch.__version__.encode()):
@@ -60,11 +69,12 @@ def _build(verbose: bool):
     if missing:
         raise RuntimeError(f"the kernel sources {missing} are missing from the installation")
     failures = []
-    for flags in _FLAG_SETS:
+    for cflags, ldflags in _FLAG_SETS:
         try:
-            return load(name=_extension_name(flags), sources=[str(source) for source in _SOURCES], extra_cflags=flags, verbose=verbose)
+            return load(name=_extension_name(cflags + ldflags), sources=[str(source) for source in _SOURCES],
+                        extra_cflags=cflags, extra_ldflags=ldflags, verbose=verbose)
         except Exception as error:  # noqa: BLE001 - try the next flag set, report all at the end
-            failures.append(f"[{' '.join(flags)}] {type(error).__name__}: {str(error).strip()[-2000:]}")
+            failures.append(f"[{' '.join(cflags)}] {type(error).__name__}: {str(error).strip()[-2000:]}")
     raise RuntimeError(
         "building the CPU selective-scan kernel failed (it needs a C++17 compiler and ninja: e.g. "
         "`apt-get install g++` and `pip install ninja`):\n" + "\n".join(failures)
