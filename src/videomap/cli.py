@@ -20,7 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                 "VideoMamba / image MAP checkpoints -> a videomap model directory"),
     "list-models": ("videomap.cli:list_models_main", "the registered model names"),
     "bench": ("videomap.cli:bench_main", "benchmarks: scan, backbone, encoder"),
-    "demo": ("videomap.cli:demo_main", "the end-to-end demo (currently: the scan benchmark at one length)"),
+    "demo": ("videomap.demo:demo_main",
+             "the main job: pretrain on real clips, fine-tune on few labels, compare with scratch"),
 }
 
 BENCHMARKS: dict[str, str] = {
@@ -61,11 +62,6 @@ def list_models_main(argv: list[str]) -> int:
 
     print("\n".join(list_models(argv[0] if argv else None)))
     return 0
-
-
-def demo_main(argv: list[str]) -> int:
-    """Placeholder main job until the real-data demo lands: the scan benchmark at L = 3136."""
-    return _call(BENCHMARKS["scan"], ["--lengths", "3136", *argv])
 
 
 def main(argv: list[str] | None = None) -> int:
