@@ -5,6 +5,7 @@ from .attention import Attention
 from .bimamba import MERGE_MODES, BiMamba
 from .blocks import LAYER_TYPES, LayerScale, MambaLayer, TransformerLayer, validate_schedule
 from .drop import DropPath, drop_path
+from .linear import Linear
 from .mlp import Mlp
 from .norm import RMSNorm
 from .patch_embed import PatchEmbed3d
@@ -22,6 +23,7 @@ __all__ = [
     "DropPath",
     "LAYER_TYPES",
     "LayerScale",
+    "Linear",
     "MERGE_MODES",
     "MambaLayer",
     "Mlp",

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .linear import Linear
+
 
 class Attention(nn.Module):
     """Multi-head self-attention; dense and bidirectional unless a mask is given.
@@ -20,8 +22,8 @@ class Attention(nn.Module):
             raise ValueError(f"Attention: dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x: ``(B, L, D)`` → ``(B, L, D)``. attn_mask: ``(L, L)`` bool, ``True`` where query i may attend key j."""

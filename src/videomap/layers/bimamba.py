@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..ops import selective_scan
 from ..ops.causal_conv import causal_conv1d
+from ..ops.matmul import channels_first_matmul, linear
 from .weight_init import init_dt_proj_, s4d_real_A_log
 
 MERGE_MODES = ("mean", "sum")
@@ -94,10 +94,10 @@ class BiMamba(nn.Module):
         # The projections stay in the channels-first (B, C, L) layout of the conv and the scan, as
         # (C_out, C_in) @ (B, C_in, L) products: no (B, E, L) transpose is copied, and B and C come out as
         # (B, N, L) slices.
-        x_dbl = torch.matmul(x_proj.weight, x)  # (B, R + 2N, L)
+        x_dbl = channels_first_matmul(x_proj.weight, x)  # (B, R + 2N, L)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=1)
         # dt_proj's bias is applied inside the scan (delta_bias), before the softplus, as in Mamba.
-        delta = torch.matmul(dt_proj.weight, dt)  # (B, E, L)
+        delta = channels_first_matmul(dt_proj.weight, dt)  # (B, E, L)
         A = -torch.exp(A_log.float())
         return selective_scan(
             x,
@@ -114,7 +114,7 @@ class BiMamba(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """hidden_states: ``(B, L, D)`` → ``(B, L, D)``."""
         # (E2, D) @ (B, D, L) lands directly in the (B, 2E, L) layout the conv and the scan want.
-        xz = torch.matmul(self.in_proj.weight, hidden_states.transpose(1, 2))
+        xz = channels_first_matmul(self.in_proj.weight, hidden_states.transpose(1, 2))
         x, z = xz.chunk(2, dim=1)
         y = self._scan_direction(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
         y_b = self._scan_direction(
@@ -123,7 +123,7 @@ class BiMamba(nn.Module):
         y = y + y_b.flip(-1)
         if self.merge == "mean":
             y = y * 0.5
-        return F.linear(y.transpose(1, 2), self.out_proj.weight)
+        return linear(y.transpose(1, 2), self.out_proj.weight)
 
     def extra_repr(self) -> str:
         return (

@@ -1,0 +1,106 @@
+"""Dense products for the layers, routed through oneDNN for float32 CPU tensors.
+
+torch's CPU wheels send float32 ``matmul``/``linear`` to MKL, whose sgemm runs at roughly half speed on
+CPUs it does not tune for (on the AMD machines this project is measured on: ~100–180 GFLOP/s against
+~350 for oneDNN's inner product on the same two cores; see docs/benchmarks.md). torch also ships oneDNN,
+reachable through ``torch.ops.mkldnn._linear_pointwise``, the op its own CPU compiler uses for frozen
+linear layers. It accepts strided operands, so a product such as ``W @ x`` with ``x`` a channels-first
+``(K, L)`` activation is one call with no transposed copy.
+
+:func:`matmul` and :func:`linear` compute in true float32 (no reduced-precision accumulation) and are
+differentiable; their backward runs through the same op. Anything else — other dtypes, CUDA tensors, a
+torch build without oneDNN, ``VIDEOMAP_ONEDNN=0`` — takes torch's own ``matmul``/``linear``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["onednn_available", "use_onednn", "matmul", "linear", "channels_first_matmul"]
+
+
+@functools.lru_cache(maxsize=None)
+def onednn_available() -> bool:
+    """Whether this torch build has oneDNN and its inner-product op."""
+    try:
+        return bool(torch.backends.mkldnn.is_available()) and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def use_onednn(*tensors: torch.Tensor | None) -> bool:
+    """Whether a product of ``tensors`` takes the oneDNN path: all float32 CPU tensors, oneDNN present, and
+    ``VIDEOMAP_ONEDNN`` not ``0``."""
+    if os.environ.get("VIDEOMAP_ONEDNN", "1") == "0" or not onednn_available():
+        return False
+    return all(t is None or (t.dtype == torch.float32 and t.device.type == "cpu") for t in tensors)
+
+
+def _inner(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x (M, K) @ weight_t (N, K)^T + bias`` by oneDNN; both operands may be strided views."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight_t, bias, "none", [], "")
+
+
+class _OneDNNMatmul(torch.autograd.Function):
+    """``a (M, K) @ b (K, N)``; every product of the backward is again an inner product."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return _inner(a, b.t())
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        a, b = ctx.saved_tensors
+        grad_a = _inner(grad, b) if ctx.needs_input_grad[0] else None  # (M, N) @ (K, N)^T
+        grad_b = _inner(a.t(), grad.t()) if ctx.needs_input_grad[1] else None  # (K, M) @ (N, M)^T
+        return grad_a, grad_b
+
+
+def _needs_graph(*tensors: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a (M, K) @ b (K, N)`` → ``(M, N)``; either operand may be a transposed or strided view."""
+    if a.dim() != 2 or b.dim() != 2:
+        raise ValueError(f"matmul: expected 2-D operands, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if not use_onednn(a, b):
+        return torch.matmul(a, b)
+    if _needs_graph(a, b):
+        return _OneDNNMatmul.apply(a, b)
+    return _inner(a, b.t())
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear``: ``x (..., K)``, ``weight (N, K)``, ``bias (N,)`` → ``(..., N)``."""
+    if not use_onednn(x, weight, bias) or x.dim() == 0:
+        return F.linear(x, weight, bias)
+    lead = x.shape[:-1]
+    flat = x.reshape(-1, x.shape[-1])  # a view for the usual contiguous activations
+    if _needs_graph(x, weight, bias):
+        out = _OneDNNMatmul.apply(flat, weight.t())
+        if bias is not None:
+            out = out + bias
+    else:
+        out = _inner(flat, weight, bias)
+    return out.reshape(*lead, weight.shape[0])
+
+
+def channels_first_matmul(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``weight (N, K) @ x[b]`` for each ``x[b]`` of ``x (B, K, L)`` → ``(B, N, L)``, contiguous.
+
+    ``x`` may be a transposed view such as ``h.transpose(1, 2)`` of a ``(B, L, K)`` activation: the product
+    reads it in place. This is the layout the causal conv and the selective scan work in.
+    """
+    if x.dim() != 3:
+        raise ValueError(f"channels_first_matmul: expected x of shape (B, K, L), got {tuple(x.shape)}")
+    if not use_onednn(weight, x):
+        return torch.matmul(weight, x)
+    outs = [matmul(weight, x[b]) for b in range(x.shape[0])]
+    return outs[0].unsqueeze(0) if len(outs) == 1 else torch.stack(outs)

@@ -1,0 +1,111 @@
+"""The oneDNN products against float64 references, forward and backward, on the strided operands the layers
+pass, and the fallbacks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from videomap.layers import BiMamba, Linear, Mlp
+from videomap.ops import matmul as mm
+
+needs_onednn = pytest.mark.skipif(not mm.onednn_available(), reason="this torch build has no oneDNN")
+
+
+def _operands(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(37, 53, generator=g)
+    b_t = torch.randn(29, 53, generator=g)  # b = b_t.t(): a transposed view
+    return a, b_t.t()
+
+
+@needs_onednn
+def test_the_fast_path_is_taken_for_float32_cpu_only(monkeypatch):
+    a, b = _operands()
+    assert mm.use_onednn(a, b)
+    assert not mm.use_onednn(a.double(), b.double())
+    monkeypatch.setenv("VIDEOMAP_ONEDNN", "0")
+    assert not mm.use_onednn(a, b)
+
+
+@pytest.mark.parametrize("onednn", ["1", "0"])
+def test_matmul_forward_and_backward_match_float64(monkeypatch, onednn):
+    monkeypatch.setenv("VIDEOMAP_ONEDNN", onednn)
+    a, b = _operands()
+    a.requires_grad_(True)
+    b_leaf = b.detach().clone().requires_grad_(True)
+    out = mm.matmul(a, b_leaf.t().contiguous().t())  # a strided b that still reaches b_leaf's gradient
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    a64, b64 = a.detach().double().requires_grad_(True), b.double().requires_grad_(True)
+    ref = a64 @ b64
+    ref.backward(grad.double())
+    torch.testing.assert_close(out.double(), ref.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(a.grad.double(), a64.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(b_leaf.grad.double(), b64.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_matmul_rejects_other_ranks():
+    with pytest.raises(ValueError, match="2-D"):
+        mm.matmul(torch.randn(2, 3, 4), torch.randn(4, 5))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("grad", [True, False])
+def test_linear_matches_float64(bias, grad):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 11, 24, generator=g)[:, ::2]  # strided rows
+    weight = torch.randn(17, 24, generator=g, requires_grad=grad)
+    b = torch.randn(17, generator=g, requires_grad=grad) if bias else None
+    out = mm.linear(x, weight, b)
+    ref = F.linear(x.double(), weight.detach().double(), None if b is None else b.detach().double())
+    assert out.shape == (3, 6, 17) and out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), ref.detach(), rtol=1e-5, atol=1e-5)
+    assert out.requires_grad == grad
+    if grad:
+        upstream = torch.randn_like(out)
+        out.backward(upstream)
+        w64 = weight.detach().double().requires_grad_(True)
+        b64 = None if b is None else b.detach().double().requires_grad_(True)
+        F.linear(x.double(), w64, b64).backward(upstream.double())
+        torch.testing.assert_close(weight.grad.double(), w64.grad, rtol=1e-5, atol=1e-4)
+        if b is not None:
+            torch.testing.assert_close(b.grad.double(), b64.grad, rtol=1e-5, atol=1e-4)
+
+
+def test_linear_input_gradient_matches():
+    x = torch.randn(5, 8, requires_grad=True)
+    weight = torch.randn(3, 8)
+    mm.linear(x, weight).pow(2).sum().backward()
+    x64 = x.detach().double().requires_grad_(True)
+    F.linear(x64, weight.double()).pow(2).sum().backward()
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_channels_first_matmul_reads_transposed_activations(batch):
+    h = torch.randn(batch, 40, 12)  # (B, L, K)
+    weight = torch.randn(20, 12)
+    out = mm.channels_first_matmul(weight, h.transpose(1, 2))
+    assert out.shape == (batch, 20, 40) and out.is_contiguous()
+    torch.testing.assert_close(out.double(), (weight.double() @ h.double().transpose(1, 2)), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"\(B, K, L\)"):
+        mm.channels_first_matmul(weight, h[0])
+
+
+def test_layers_agree_with_and_without_onednn(monkeypatch):
+    torch.manual_seed(0)
+    mixer, mlp = BiMamba(16, d_state=4), Mlp(16, 32)
+    assert isinstance(mlp.fc1, Linear) and isinstance(mlp.fc1, torch.nn.Linear)
+    x = torch.randn(2, 21, 16, requires_grad=True)
+    results = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("VIDEOMAP_ONEDNN", flag)
+        x.grad = None
+        mixer.zero_grad()
+        out = mixer(x) + mlp(x)
+        out.square().sum().backward()
+        results[flag] = (out.detach(), x.grad.clone(), mixer.in_proj.weight.grad.clone(), mixer.x_proj_b.weight.grad.clone())
+    for fast, plain in zip(results["1"], results["0"]):
+        torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)
