@@ -109,3 +109,19 @@ def test_layers_agree_with_and_without_onednn(monkeypatch):
         results[flag] = (out.detach(), x.grad.clone(), mixer.in_proj.weight.grad.clone(), mixer.x_proj_b.weight.grad.clone())
     for fast, plain in zip(results["1"], results["0"]):
         torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_expanded_and_strided_operands_reach_onednn_dense():
+    """oneDNN is fast on row- and column-major operands only; anything else is copied first."""
+    rows = torch.randn(6, 5)
+    assert mm._dense(rows) is rows and mm._dense(rows.t()).data_ptr() == rows.data_ptr()
+    expanded = torch.ones(1, 1).expand(6, 5)
+    assert mm._dense(expanded).is_contiguous() and mm._dense(expanded).stride() == (5, 1)
+    strided = torch.randn(6, 10)[:, ::2]
+    assert mm._dense(strided).is_contiguous()
+    # The case that met the slow path: the expanded gradient of out.sum().
+    a = torch.randn(7, 4, requires_grad=True)
+    b = torch.randn(4, 3, requires_grad=True)
+    mm.matmul(a, b).sum().backward()
+    torch.testing.assert_close(a.grad, torch.ones(7, 3) @ b.detach().t())
+    torch.testing.assert_close(b.grad, a.detach().t() @ torch.ones(7, 3))

@@ -40,9 +40,20 @@ def use_onednn(*tensors: torch.Tensor | None) -> bool:
     return all(t is None or (t.dtype == torch.float32 and t.device.type == "cpu") for t in tensors)
 
 
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when it is row- or column-major, else a contiguous copy.
+
+    oneDNN reads both layouts at full speed but takes a slow generic path for anything else: an expanded
+    gradient (stride 0, as ``out.sum().backward()`` sends) made one product 500× slower.
+    """
+    if t.is_contiguous() or (t.dim() == 2 and t.t().is_contiguous()):
+        return t
+    return t.contiguous()
+
+
 def _inner(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x (M, K) @ weight_t (N, K)^T + bias`` by oneDNN; both operands may be strided views."""
-    return torch.ops.mkldnn._linear_pointwise(x, weight_t, bias, "none", [], "")
+    """``x (M, K) @ weight_t (N, K)^T + bias`` by oneDNN; either operand may be a transposed view."""
+    return torch.ops.mkldnn._linear_pointwise(_dense(x), _dense(weight_t), bias, "none", [], "")
 
 
 class _OneDNNMatmul(torch.autograd.Function):
