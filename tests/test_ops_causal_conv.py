@@ -51,6 +51,18 @@ def test_reverse_mode_is_the_flipped_causal_conv():
         torch.testing.assert_close(got, leaf.grad)
 
 
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_public_reverse_conv_matches_flipping(backend):
+    x = torch.randn(2, 5, 33, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    with scan_backend(backend):
+        got = causal_conv1d(x, w, b, activation="silu", reverse=True)
+        assert torch.autograd.gradcheck(lambda *t: causal_conv1d(*t, activation="silu", reverse=True), (x, w, b))
+    want = causal_conv1d_reference(x.detach().flip(-1), w.detach(), b.detach(), activation="silu").flip(-1)
+    torch.testing.assert_close(got.detach(), want)
+
+
 def test_bf16_input_runs_in_fp32():
     x = torch.randn(1, 4, 12).bfloat16()
     out = causal_conv1d(x, torch.randn(4, 4), torch.randn(4), activation="silu")

@@ -91,6 +91,57 @@ def test_backend_gradcheck(backend, device):
     assert torch.autograd.gradcheck(fn, tensors)
 
 
+def _flipped(args):
+    """The inputs with every time-indexed tensor flipped along L (constant (E, N) projections unchanged)."""
+    return {k: (v.flip(-1) if v is not None and v.dim() >= 3 and k != "initial_state" else v) for k, v in args.items()}
+
+
+@pytest.mark.parametrize("backend, device", [pytest.param("reference", "cpu", id="reference"), *BACKENDS])
+@pytest.mark.parametrize("dtype, fwd_tol, grad_tol", [(torch.float32, 1e-4, 1e-3), (torch.float64, 1e-10, 1e-9)],
+                         ids=["fp32", "fp64"])
+@pytest.mark.parametrize("shape", SHAPES[1:], ids=lambda s: "x".join(map(str, s)))
+def test_reverse_scan_is_the_scan_of_the_flipped_sequence(backend, device, dtype, fwd_tol, grad_tol, shape):
+    """``reverse=True`` equals flipping every time-indexed input, scanning, and flipping the output back;
+    every gradient is that of the flipped formulation, flipped back."""
+    if backend == "cuda" and dtype == torch.float64:
+        pytest.skip("mamba_ssm's kernel has no float64")
+    batch, channels, state, length, bc, groups = shape
+    args = make_inputs(batch, channels, state, length, bc, groups, True, True, True, backend != "cuda", dtype=dtype)
+    leaves = {k: (v.to(device).clone().requires_grad_() if v is not None else None) for k, v in args.items()}
+    kw = {k: v for k, v in leaves.items() if k != "initial_state"}
+    with scan_backend(backend):
+        out, last = selective_scan(**kw, delta_softplus=True, return_last_state=True,
+                                   initial_state=leaves["initial_state"], reverse=True)
+    ref_leaves = {k: (v.clone().requires_grad_() if v is not None else None) for k, v in args.items()}
+    flipped = _flipped(ref_leaves)
+    ref_out, ref_last = selective_scan_reference(
+        **{k: v for k, v in flipped.items() if k != "initial_state"}, delta_softplus=True, return_last_state=True,
+        initial_state=flipped["initial_state"])
+    ref_out = ref_out.flip(-1)
+    assert max_rel_error(out.cpu(), ref_out) <= fwd_tol
+    assert max_rel_error(last.cpu(), ref_last) <= fwd_tol
+    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(2), dtype=dtype)
+    ((out * weight.to(device)).sum() + last.sum()).backward()
+    ((ref_out * weight).sum() + ref_last.sum()).backward()
+    for name, leaf in leaves.items():
+        if leaf is not None:
+            err = max_rel_error(leaf.grad.cpu(), ref_leaves[name].grad)
+            assert err <= grad_tol, f"d{name}: relative error {err:.2e}"
+
+
+def test_reverse_cpu_kernel_gradcheck():
+    args = make_inputs(batch=2, channels=3, state=2, length=7, bc="grouped", groups=3, use_h0=True)
+    tensors = [args[n].clone().requires_grad_() for n in NAMES]
+
+    def fn(*ts):
+        kw = dict(zip(NAMES, ts))
+        h0 = kw.pop("initial_state")
+        with scan_backend("cpu"):
+            return selective_scan(**kw, delta_softplus=True, return_last_state=True, initial_state=h0, reverse=True)
+
+    assert torch.autograd.gradcheck(fn, tensors)
+
+
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 def test_chunked_state_passing_equals_one_pass(backend):
     """Scanning [0, L/2) then [L/2, L) from the carried state equals one pass, forward and backward."""

@@ -20,8 +20,10 @@ class BiMamba(nn.Module):
 
     ``in_proj`` (D → 2E) gives ``x, z``. Each direction has its own causal ``conv1d`` (kernel ``d_conv``),
     ``x_proj`` (E → dt_rank + 2N), ``dt_proj`` (dt_rank → E), ``A_log`` (E, N) and ``D`` (E); the backward
-    direction (``*_b`` parameters) runs on the flipped sequence and its output is flipped back. The two
-    gated outputs are merged by ``mean`` or ``sum`` and projected by ``out_proj`` (E → D).
+    direction (``*_b`` parameters) computes what its forward counterpart would on the flipped sequence,
+    flipped back; the conv and the scan run from the last position to the first (``reverse=True``), so no
+    flipped copies are made on the CPU. The two gated outputs are merged by ``mean`` or ``sum`` and projected
+    by ``out_proj`` (E → D).
 
     Parameter names and shapes are those of VideoMamba's ``Mamba(bimamba=True)``, so its checkpoints load;
     ``merge="sum"`` reproduces it exactly.
@@ -88,9 +90,15 @@ class BiMamba(nn.Module):
         dt_proj: nn.Linear,
         A_log: torch.Tensor,
         D: torch.Tensor,
+        reverse: bool = False,
     ) -> torch.Tensor:
-        """One causal direction. x, z: ``(B, E, L)`` → gated output ``(B, E, L)``."""
-        x = causal_conv1d(x, conv.weight.squeeze(1), conv.bias, activation="silu")
+        """One direction. x, z: ``(B, E, L)`` → gated output ``(B, E, L)``, all in sequence order.
+
+        ``reverse`` runs the conv and the scan from the last position to the first, which is the forward
+        direction applied to the flipped sequence and flipped back (the x and dt projections act per position,
+        so they commute with the flip); the CPU kernels do it without flipped copies.
+        """
+        x = causal_conv1d(x, conv.weight.squeeze(1), conv.bias, activation="silu", reverse=reverse)
         # The projections stay in the channels-first (B, C, L) layout of the conv and the scan, as
         # (C_out, C_in) @ (B, C_in, L) products: no (B, E, L) transpose is copied, and B and C come out as
         # (B, N, L) slices.
@@ -109,6 +117,7 @@ class BiMamba(nn.Module):
             z=z,
             delta_bias=dt_proj.bias.float(),
             delta_softplus=True,
+            reverse=reverse,
         )
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -118,9 +127,9 @@ class BiMamba(nn.Module):
         x, z = xz.chunk(2, dim=1)
         y = self._scan_direction(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
         y_b = self._scan_direction(
-            x.flip(-1), z.flip(-1), self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b
+            x, z, self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b, reverse=True
         )
-        y = y + y_b.flip(-1)
+        y = y + y_b
         if self.merge == "mean":
             y = y * 0.5
         return linear(y.transpose(1, 2), self.out_proj.weight)

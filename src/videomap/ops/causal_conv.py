@@ -1,7 +1,9 @@
 """Depthwise causal 1-D convolution, the short convolution in front of every Mamba scan.
 
 ``out[b, e, t] = bias[e] + sum_k weight[e, k] * x[b, e, t - (K - 1) + k]`` with zeros before ``t = 0``,
-optionally followed by SiLU. The reference path is ``F.conv1d``; on CUDA the ``causal_conv1d`` package's
+optionally followed by SiLU. ``reverse=True`` gives the convolution of the time-flipped sequence, flipped
+back: ``x[b, e, t + (K - 1) - k]``, zeros after ``t = L - 1`` (the backward direction of a bidirectional
+Mamba, without flipped copies on the CPU). The reference path is ``F.conv1d``; on CUDA the ``causal_conv1d`` package's
 fused kernel is used when it imports; on the CPU a small C++ kernel built with the selective scan (oneDNN's
 depthwise convolution over long rows was ~10x slower here). The CPU kernel is skipped when the scan backend
 is ``reference``, so that setting gives a fully readable model.
@@ -40,16 +42,23 @@ def _cuda_autocast_dtype() -> torch.dtype | None:
 
 
 def causal_conv1d_reference(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, activation: str | None = None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+    reverse: bool = False,
 ) -> torch.Tensor:
     """Readable depthwise causal convolution.
 
     Args:
         x: ``(B, E, L)``. weight: ``(E, K)``. bias: ``(E,)``. activation: ``None`` or ``"silu"``.
+        reverse: convolve the time-flipped sequence and flip the result back.
 
     Returns:
         ``(B, E, L)``.
     """
+    if reverse:
+        return causal_conv1d_reference(x.flip(-1), weight, bias, activation).flip(-1)
     channels, width = weight.shape
     length = x.shape[-1]
     # Padding both sides and keeping the first L outputs is the causal conv without copying x into a padded
@@ -64,12 +73,13 @@ class _CausalConv1dCPU(torch.autograd.Function):
     """The C++ depthwise causal convolution (no activation) with its backward."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias):
+    def forward(ctx, x, weight, bias, reverse):
         from .scan_cpu import load_cpu_kernel
 
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return load_cpu_kernel().causal_conv1d_fwd(x, weight, bias, False)
+        ctx.reverse = reverse
+        return load_cpu_kernel().causal_conv1d_fwd(x, weight, bias, reverse)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -77,8 +87,8 @@ class _CausalConv1dCPU(torch.autograd.Function):
         from .scan_cpu import load_cpu_kernel
 
         x, weight = ctx.saved_tensors
-        dx, dweight, dbias = load_cpu_kernel().causal_conv1d_bwd(x, weight, grad_out.contiguous(), False)
-        return dx, dweight, dbias if ctx.has_bias else None
+        dx, dweight, dbias = load_cpu_kernel().causal_conv1d_bwd(x, weight, grad_out.contiguous(), ctx.reverse)
+        return dx, dweight, dbias if ctx.has_bias else None, None
 
 
 def _use_cpu_kernel(x: torch.Tensor) -> bool:
@@ -89,7 +99,11 @@ def _use_cpu_kernel(x: torch.Tensor) -> bool:
 
 
 def causal_conv1d(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, activation: str | None = None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+    reverse: bool = False,
 ) -> torch.Tensor:
     """Depthwise causal convolution over the last axis.
 
@@ -98,6 +112,7 @@ def causal_conv1d(
         weight: ``(E, K)`` (an ``nn.Conv1d(E, E, K, groups=E)`` weight with its middle axis squeezed).
         bias: ``(E,)`` or ``None``.
         activation: ``None`` or ``"silu"``.
+        reverse: anti-causal, i.e. the causal convolution of ``x.flip(-1)`` flipped back (no copies on the CPU).
 
     Returns:
         ``(B, E, L)`` in the dtype the convolution runs in (``x``'s, or the autocast dtype).
@@ -110,6 +125,8 @@ def causal_conv1d(
         )
     if x.is_cuda:
         kernel = _cuda_kernel()
+        if kernel is not None and reverse:
+            return causal_conv1d(x.flip(-1), weight, bias, activation).flip(-1)
         if kernel is not None:
             dtype = _cuda_autocast_dtype()
             if dtype is not None:
@@ -120,6 +137,6 @@ def causal_conv1d(
         # The kernel computes in fp32 (fp64 for fp64 inputs), also under bf16 autocast.
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         out = _CausalConv1dCPU.apply(x.to(dtype).contiguous(), weight.to(dtype).contiguous(),
-                                     None if bias is None else bias.to(dtype).contiguous())
+                                     None if bias is None else bias.to(dtype).contiguous(), bool(reverse))
         return F.silu(out) if activation == "silu" else out
-    return causal_conv1d_reference(x, weight, bias, activation)
+    return causal_conv1d_reference(x, weight, bias, activation, reverse)

@@ -135,11 +135,12 @@ def _sum_batch(t: torch.Tensor | None) -> torch.Tensor | None:
 
 class _SelectiveScanCPU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, needs_grad):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, needs_grad, reverse):
         kernel = load_cpu_kernel()
         out, last_state, checkpoints = kernel.fwd(u, delta, A, B, C, D, z, delta_bias, initial_state,
-                                                  bool(delta_softplus), needs_grad)
+                                                  bool(delta_softplus), needs_grad, bool(reverse))
         ctx.delta_softplus = bool(delta_softplus)
+        ctx.reverse = bool(reverse)
         if needs_grad:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, checkpoints)
         # an unused output arrives as None instead of a freshly allocated zero tensor
@@ -151,6 +152,10 @@ class _SelectiveScanCPU(torch.autograd.Function):
     def backward(ctx, grad_out, grad_last_state):
         u, delta, A, B, C, D, z, delta_bias, checkpoints = ctx.saved_tensors
         need = ctx.needs_input_grad
+        # A reverse scan's checkpoints are those of a forward scan of the flipped sequence: its backward is
+        # that scan's backward on flipped copies, with the time-indexed gradients flipped back.
+        flip = _flip_time if ctx.reverse else _same
+        u, delta, B, C, z, grad_out = flip(u), flip(delta), flip(B), flip(C), flip(z), flip(grad_out)
         if grad_out is not None:
             grad_out = grad_out.contiguous()
         if grad_last_state is not None:
@@ -159,6 +164,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
             u, delta, A, B, C, D, z, delta_bias, checkpoints, grad_out, grad_last_state,
             ctx.delta_softplus, need[3], need[4], need[8],
         )
+        du, ddelta, dB, dC, dz = flip(du), flip(ddelta), flip(dB), flip(dC), flip(dz)
         return (
             du if need[0] else None,
             ddelta if need[1] else None,
@@ -171,7 +177,16 @@ class _SelectiveScanCPU(torch.autograd.Function):
             dinit if need[8] else None,
             None,
             None,
+            None,
         )
+
+
+def _flip_time(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.flip(-1).contiguous()
+
+
+def _same(t: torch.Tensor | None) -> torch.Tensor | None:
+    return t
 
 
 def _contiguous(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -179,7 +194,7 @@ def _contiguous(t: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_state=None,
-                       delta_softplus=False):
+                       delta_softplus=False, reverse=False):
     """Fused CPU selective scan, differentiable in every tensor input and in the returned state.
 
     Args:
@@ -187,6 +202,7 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, initi
         group ``e // (E // G)``. D, delta_bias: ``(E,)`` or None. z: ``(B, E, L)`` or None.
         initial_state: ``(B, E, N)`` or None (zeros). All float32, or all float64 (a slower portable path
         with libm's exp, meant for tests and gradcheck), on the CPU; any strides.
+        reverse: scan from position L - 1 down to 0 (see :func:`videomap.ops.selective_scan`).
 
     Returns:
         ``out (B, E, L)`` and ``last_state (B, E, N)``, the state after the last step.
@@ -201,7 +217,8 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, initi
     inputs = (u, delta, A, B, C, D, z, delta_bias, initial_state)
     # checkpoints are only kept when a backward can follow (needs_input_grad ignores no_grad mode)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
-    return _SelectiveScanCPU.apply(*(_contiguous(t) for t in inputs), bool(delta_softplus), needs_grad)
+    return _SelectiveScanCPU.apply(*(_contiguous(t) for t in inputs), bool(delta_softplus), needs_grad,
+                                   bool(reverse))
 
 
 __all__ = ["build", "cpu_kernel_available", "cpu_kernel_error", "load_cpu_kernel", "selective_scan_cpu"]

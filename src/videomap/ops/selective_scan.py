@@ -22,6 +22,7 @@ def selective_scan(
     return_last_state: bool = False,
     *,
     initial_state: torch.Tensor | None = None,
+    reverse: bool = False,
 ):
     """Selective scan with mamba_ssm's ``selective_scan_fn`` contract, on any device.
 
@@ -36,6 +37,11 @@ def selective_scan(
         return_last_state: also return the state after the last step.
         initial_state: ``(B, E, N)`` state before the first step (default zeros); with the returned last
             state it lets a long sequence be scanned in chunks. Not part of mamba_ssm's signature.
+        reverse: run the recurrence from the last position to the first, i.e. the scan of every
+            time-indexed input flipped along L, with the output flipped back; the returned last state is
+            the state after position 0. The CPU kernel reads and writes in reverse without flipped copies;
+            the other backends flip. This is how the backward direction of a bidirectional Mamba runs. Not
+            part of mamba_ssm's signature.
 
     Returns:
         ``out (B, E, L)`` in ``u.dtype``; with ``return_last_state``, ``(out, last_state (B, E, N))`` where
@@ -46,6 +52,10 @@ def selective_scan(
     """
     check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state)
     backend = resolve_backend(u.device, u.dtype, needs_initial_state=initial_state is not None)
+    if reverse and backend != "cpu":
+        result = selective_scan(_flip_time(u), _flip_time(delta), A, _flip_time(B), _flip_time(C), D, _flip_time(z),
+                                delta_bias, delta_softplus, return_last_state, initial_state=initial_state)
+        return (result[0].flip(-1), result[1]) if return_last_state else result.flip(-1)
     if backend == "reference":
         return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
                                         initial_state=initial_state)
@@ -66,7 +76,12 @@ def selective_scan(
     out, last_state = selective_scan_cpu(
         cast(u), cast(delta), cast(A),
         as_grouped(B, batch, channels, length, dt), as_grouped(C, batch, channels, length, dt),
-        cast(D), cast(z), cast(delta_bias), cast(initial_state), delta_softplus,
+        cast(D), cast(z), cast(delta_bias), cast(initial_state), delta_softplus, reverse=reverse,
     )
     out = out.to(in_dtype)
     return (out, last_state) if return_last_state else out
+
+
+def _flip_time(t: torch.Tensor | None) -> torch.Tensor | None:
+    """``t`` flipped along L; constant ``(E, N)`` projections and absent tensors pass through."""
+    return t if t is None or t.dim() < 3 else t.flip(-1)

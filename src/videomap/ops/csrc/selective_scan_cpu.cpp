@@ -20,6 +20,10 @@
 // take tasks from a shared counter. The inputs of the next block-chunk are prefetched while the current
 // one computes.
 //
+// Reverse scans (forward kernel only). With `reverse`, step t of the recurrence reads and writes position
+// L - 1 - t: each chunk loads the mirrored positions and reverses its tiles in cache, so no flipped copy of
+// any input or output is made. The backward of a reverse scan runs on flipped tensors (in Python).
+//
 // Checkpointing. The forward saves each block's state at the start of every chunk, a (B, ceil(L/64), E, N)
 // tensor: memory stays O(B*E*L), never O(B*E*N*L). The backward walks the chunks from last to first; for
 // each block it recomputes the chunk's 64 states and decays from the checkpoint (with the forward's own
@@ -443,6 +447,7 @@ struct Arena {
 struct Shape {
   int64_t batch, E, L, G, N, Eg, nblk, K;
   bool softplus;
+  bool reverse = false;  // forward only: step t reads and writes position L - 1 - t
 };
 
 template <typename S>
@@ -542,6 +547,15 @@ struct Scan {
     return static_cast<int>(std::min<int64_t>(W, s.Eg - (tk.blo + i) * W));
   }
 
+  // Reverse scans. The recurrence always runs over steps 0, 1, ... and chunk k holds steps [k*64, k*64 + T),
+  // so states and checkpoints are laid out as for a forward scan of the flipped sequence. Step t lives at
+  // position L - 1 - t: a chunk reads the mirrored range of positions and reverses its tiles in cache.
+  static int64_t chunk_start(const Shape& s, int64_t t0, int64_t T) { return s.reverse ? s.L - t0 - T : t0; }
+  static void flip_steps(S* tile, int T, int width) {
+    for (int a = 0, b = T - 1; a < b; ++a, --b)
+      for (int i = 0; i < width; ++i) std::swap(tile[a * width + i], tile[b * width + i]);
+  }
+
   // (.., E, N) arrays (A, states, checkpoints): buf[n * 16 + c] = src[c * N + n] for the block's lanes,
   // 0 for absent lanes and padded n; and back.
   static void load_rows(const S* src, const Shape& s, int nl, S* buf) {
@@ -636,8 +650,13 @@ struct Scan {
         for (int64_t k = 0; k < s.K; ++k) {
           const int64_t t0 = k * TCH;
           const int T = static_cast<int>(std::min<int64_t>(TCH, s.L - t0));
-          Tile::tile_in(Bsrc + t0, s.L, static_cast<int>(s.N), NT / W, T, Bt, NT);
-          Tile::tile_in(Csrc + t0, s.L, static_cast<int>(s.N), NT / W, T, Ct, NT);
+          const int64_t c0 = chunk_start(s, t0, T);  // position of the chunk's first stored step
+          Tile::tile_in(Bsrc + c0, s.L, static_cast<int>(s.N), NT / W, T, Bt, NT);
+          Tile::tile_in(Csrc + c0, s.L, static_cast<int>(s.N), NT / W, T, Ct, NT);
+          if (s.reverse) {
+            flip_steps(Bt, T, NT);
+            flip_steps(Ct, T, NT);
+          }
           for (int64_t i = 0; i < tk.nb; ++i) {
             const int64_t e0 = first_channel(s, tk, i);
             const int nl = lanes(s, tk, i);
@@ -650,10 +669,15 @@ struct Scan {
             }
             const V Dv = V::load(Ds + i * W);
             if (p.ckpt) store_rows(hst + i * VS, s, nl, p.ckpt + ((tk.b * s.K + k) * s.E + e0) * s.N);
-            Tile::tile_in(p.u + row0 + t0, s.L, nl, 1, T, ut, W);
-            Tile::tile_in(p.delta + row0 + t0, s.L, nl, 1, T, dtt, W);
+            Tile::tile_in(p.u + row0 + c0, s.L, nl, 1, T, ut, W);
+            Tile::tile_in(p.delta + row0 + c0, s.L, nl, 1, T, dtt, W);
+            if (p.z) Tile::tile_in(p.z + row0 + c0, s.L, nl, 1, T, zt, W);
+            if (s.reverse) {
+              flip_steps(ut, T, W);
+              flip_steps(dtt, T, W);
+              if (p.z) flip_steps(zt, T, W);
+            }
             prep_delta(dtt, T, V::load(biass + i * W), s.softplus, nullptr);
-            if (p.z) Tile::tile_in(p.z + row0 + t0, s.L, nl, 1, T, zt, W);
 
             // what the next unit of work reads
             Rows<S> next[5];
@@ -662,14 +686,15 @@ struct Scan {
               const bool last_blk = i + 1 == tk.nb;
               const int64_t ni = last_blk ? 0 : i + 1, nt0 = last_blk ? t0 + TCH : t0;
               if (nt0 < s.L) {
-                const int64_t nrow0 = (tk.b * s.E + first_channel(s, tk, ni)) * s.L + nt0;
+                const int64_t nc0 = chunk_start(s, nt0, std::min<int64_t>(TCH, s.L - nt0));
+                const int64_t nrow0 = (tk.b * s.E + first_channel(s, tk, ni)) * s.L + nc0;
                 const int nnl = lanes(s, tk, ni);
                 next[nsets++] = {p.u + nrow0, s.L, nnl};
                 next[nsets++] = {p.delta + nrow0, s.L, nnl};
                 if (p.z) next[nsets++] = {p.z + nrow0, s.L, nnl};
                 if (last_blk) {
-                  next[nsets++] = {Bsrc + nt0, s.L, static_cast<int>(std::min<int64_t>(W, s.N))};
-                  next[nsets++] = {Csrc + nt0, s.L, static_cast<int>(std::min<int64_t>(W, s.N))};
+                  next[nsets++] = {Bsrc + nc0, s.L, static_cast<int>(std::min<int64_t>(W, s.N))};
+                  next[nsets++] = {Csrc + nc0, s.L, static_cast<int>(std::min<int64_t>(W, s.N))};
                 }
               }
             }
@@ -686,7 +711,8 @@ struct Scan {
               }
               y.store(yt + t * W);
             }
-            Tile::tile_out(yt, nl, T, p.out + row0 + t0, s.L);
+            if (s.reverse) flip_steps(yt, T, W);
+            Tile::tile_out(yt, nl, T, p.out + row0 + c0, s.L);
 #pragma GCC unroll 16
             for (int n = 0; n < NT; ++n) h[n].store(hst + i * VS + n * W);
           }
@@ -989,8 +1015,10 @@ int64_t block_ranges(const Shape& s, int64_t min_blocks) {
 std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                                  const at::Tensor& B, const at::Tensor& C, const std::optional<at::Tensor>& D,
                                  const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& bias,
-                                 const std::optional<at::Tensor>& init, bool softplus, bool save_checkpoints) {
-  const Shape s = make_shape(u, A, B, softplus);
+                                 const std::optional<at::Tensor>& init, bool softplus, bool save_checkpoints,
+                                 bool reverse) {
+  Shape s = make_shape(u, A, B, softplus);
+  s.reverse = reverse;
   check_inputs(s, u, delta, A, B, C, D, z, bias);
   check_opt(init, "initial_state", u, {s.batch, s.E, s.N});
   at::Tensor out = at::empty_like(u);
@@ -1086,7 +1114,7 @@ std::vector<torch::Tensor> causal_conv1d_bwd(torch::Tensor x, torch::Tensor w, t
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("causal_conv1d_fwd", &causal_conv1d_fwd, "depthwise causal conv1d over (B, E, L) rows");
   m.def("causal_conv1d_bwd", &causal_conv1d_bwd, "its backward: (dx, dweight, dbias)");
-  m.def("fwd", &scan_fwd, "selective scan forward: (out, last_state, checkpoints)");
+  m.def("fwd", &scan_fwd, "selective scan forward (optionally reversed in time): (out, last_state, checkpoints)");
   m.def("bwd", &scan_bwd,
         "selective scan backward: (du, ddelta, dA per batch, dB, dC, dD per batch, dz, ddelta_bias per batch, "
         "dinitial_state)");
