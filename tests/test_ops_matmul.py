@@ -84,11 +84,12 @@ def test_linear_input_gradient_matches():
 
 
 @pytest.mark.parametrize("batch", [1, 3])
-def test_channels_first_matmul_reads_transposed_activations(batch):
-    h = torch.randn(batch, 40, 12)  # (B, L, K)
+@pytest.mark.parametrize("length", [40, mm.MIN_PER_SAMPLE_LENGTH + 3])  # batched torch product / per sample
+def test_channels_first_matmul_reads_transposed_activations(batch, length):
+    h = torch.randn(batch, length, 12)  # (B, L, K)
     weight = torch.randn(20, 12)
     out = mm.channels_first_matmul(weight, h.transpose(1, 2))
-    assert out.shape == (batch, 20, 40) and out.is_contiguous()
+    assert out.shape == (batch, 20, length) and out.is_contiguous()
     torch.testing.assert_close(out.double(), (weight.double() @ h.double().transpose(1, 2)), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match=r"\(B, K, L\)"):
         mm.channels_first_matmul(weight, h[0])
