@@ -2,7 +2,7 @@
 
 torch's CPU wheels send float32 ``matmul``/``linear`` to MKL, whose sgemm runs at roughly half speed on
 CPUs it does not tune for (on the AMD machines this project is measured on: ~100–180 GFLOP/s against
-~350 for oneDNN's inner product on the same two cores; see docs/benchmarks.md). torch also ships oneDNN,
+~350 for oneDNN's inner product on the same two cores; see docs/ops.md). torch also ships oneDNN,
 reachable through ``torch.ops.mkldnn._linear_pointwise``, the op its own CPU compiler uses for frozen
 linear layers. It accepts strided operands, so a product such as ``W @ x`` with ``x`` a channels-first
 ``(K, L)`` activation is one call with no transposed copy.
