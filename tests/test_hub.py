@@ -36,7 +36,7 @@ def test_hub_model_round_trips_through_a_directory(tmp_path):
     assert {p.name for p in (tmp_path / "m").iterdir()} == {"config.json", "model.safetensors", "README.md"}
     assert "library_name: videomap" in (tmp_path / "m" / "README.md").read_text()
     loaded = hub.VideoMAPHub.from_pretrained(tmp_path / "m").eval()
-    assert isinstance(loaded, VideoMAP) and loaded.config == model.config
+    assert isinstance(loaded, hub.VideoMAPHub) and loaded.config == model.config
     with torch.no_grad():
         assert torch.equal(loaded(_x()), model(_x()))
         # The same directory is an ordinary videomap checkpoint, and the reverse holds too.

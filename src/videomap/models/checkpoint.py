@@ -206,13 +206,16 @@ def save_pretrained(model, directory: str | os.PathLike) -> None:
     save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
 
 
-def from_pretrained(directory: str | os.PathLike, strict: bool = True, **overrides):
-    """Rebuild a model from a :func:`save_pretrained` directory, with config ``overrides``."""
+def from_pretrained(directory: str | os.PathLike, strict: bool = True, model_class=None, **overrides):
+    """Rebuild a model from a :func:`save_pretrained` directory, with config ``overrides``.
+
+    ``model_class`` is :class:`VideoMAP` or a subclass (e.g. the hub wrapper); default ``VideoMAP``.
+    """
     from .videomap import VideoMAP
 
     state, config = read_checkpoint(directory)
     if config is None:
         raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}; use create_model(name, checkpoint_path=...)")
-    model = VideoMAP(config.replace(**overrides) if overrides else config)
+    model = (model_class or VideoMAP)(config.replace(**overrides) if overrides else config)
     load_state_dict_into(model, state, source=config, strict=strict)
     return model

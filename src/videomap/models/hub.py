@@ -23,7 +23,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the op
         "videomap.models.hub needs huggingface_hub: pip install 'videomap[hub]' (or pip install huggingface_hub)"
     ) from error
 
-from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_state_dict_into, read_checkpoint, save_pretrained
+from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, from_pretrained, save_pretrained
 from .videomap import VideoMAP
 
 
@@ -88,12 +88,7 @@ class VideoMAPHub(
             pretrained_model_name_or_path, revision=revision, cache_dir=cache_dir,
             force_download=force_download, token=token, local_files_only=local_files_only,
         )
-        state, config = read_checkpoint(directory)
-        if config is None:
-            raise FileNotFoundError(f"{pretrained_model_name_or_path} has no {CONFIG_NAME}")
-        model = cls(config.replace(**overrides) if overrides else config)
-        load_state_dict_into(model, state, source=config, strict=strict)
-        return model
+        return from_pretrained(directory, strict=strict, model_class=cls, **overrides)
 
     @classmethod
     def from_model(cls, model: VideoMAP) -> VideoMAPHub:

@@ -337,7 +337,7 @@ class VideoMAP(nn.Module):
         ``num_frames=16`` resamples the temporal embedding, ``num_classes=174`` gives a new head)."""
         from .checkpoint import from_pretrained
 
-        return from_pretrained(directory, strict=strict, **overrides)
+        return from_pretrained(directory, strict=strict, model_class=cls, **overrides)
 
     def extra_repr(self) -> str:
         return f"schedule={self.schedule!r}, grid={self.config.grid}"
