@@ -81,3 +81,8 @@ def as_grouped(BC: torch.Tensor, batch: int, channels: int, length: int, dtype: 
     elif BC.dim() == 3:
         BC = BC[:, None]
     return BC.contiguous()
+
+
+def flip_time(t: torch.Tensor | None) -> torch.Tensor | None:
+    """``t`` flipped along L (a new contiguous tensor); constant ``(E, N)`` projections and ``None`` pass through."""
+    return t if t is None or t.dim() < 3 else t.flip(-1)

@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from .scan_checks import flip_time
+
 _CSRC = Path(__file__).resolve().parent / "csrc"
 # One extension holds every CPU kernel: the scan and the causal conv in front of it.
 _SOURCES = (_CSRC / "selective_scan_cpu.cpp", _CSRC / "causal_conv_cpu.cpp")
@@ -154,8 +156,8 @@ class _SelectiveScanCPU(torch.autograd.Function):
         need = ctx.needs_input_grad
         # A reverse scan's checkpoints are those of a forward scan of the flipped sequence: its backward is
         # that scan's backward on flipped copies, with the time-indexed gradients flipped back.
-        flip = _flip_time if ctx.reverse else _same
-        u, delta, B, C, z, grad_out = flip(u), flip(delta), flip(B), flip(C), flip(z), flip(grad_out)
+        if ctx.reverse:
+            u, delta, B, C, z, grad_out = (flip_time(t) for t in (u, delta, B, C, z, grad_out))
         if grad_out is not None:
             grad_out = grad_out.contiguous()
         if grad_last_state is not None:
@@ -164,7 +166,8 @@ class _SelectiveScanCPU(torch.autograd.Function):
             u, delta, A, B, C, D, z, delta_bias, checkpoints, grad_out, grad_last_state,
             ctx.delta_softplus, need[3], need[4], need[8],
         )
-        du, ddelta, dB, dC, dz = flip(du), flip(ddelta), flip(dB), flip(dC), flip(dz)
+        if ctx.reverse:
+            du, ddelta, dB, dC, dz = (flip_time(t) for t in (du, ddelta, dB, dC, dz))
         return (
             du if need[0] else None,
             ddelta if need[1] else None,
@@ -179,14 +182,6 @@ class _SelectiveScanCPU(torch.autograd.Function):
             None,
             None,
         )
-
-
-def _flip_time(t: torch.Tensor | None) -> torch.Tensor | None:
-    return None if t is None else t.flip(-1).contiguous()
-
-
-def _same(t: torch.Tensor | None) -> torch.Tensor | None:
-    return t
 
 
 def _contiguous(t: torch.Tensor | None) -> torch.Tensor | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .backend import resolve_backend
-from .scan_checks import as_grouped, check_scan_args, compute_dtype
+from .scan_checks import as_grouped, check_scan_args, compute_dtype, flip_time
 from .scan_reference import selective_scan_reference
 
 
@@ -53,7 +53,7 @@ def selective_scan(
     check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state)
     backend = resolve_backend(u.device, u.dtype, needs_initial_state=initial_state is not None)
     if reverse and backend != "cpu":
-        result = selective_scan(_flip_time(u), _flip_time(delta), A, _flip_time(B), _flip_time(C), D, _flip_time(z),
+        result = selective_scan(flip_time(u), flip_time(delta), A, flip_time(B), flip_time(C), D, flip_time(z),
                                 delta_bias, delta_softplus, return_last_state, initial_state=initial_state)
         return (result[0].flip(-1), result[1]) if return_last_state else result.flip(-1)
     if backend == "reference":
@@ -81,7 +81,3 @@ def selective_scan(
     out = out.to(in_dtype)
     return (out, last_state) if return_last_state else out
 
-
-def _flip_time(t: torch.Tensor | None) -> torch.Tensor | None:
-    """``t`` flipped along L; constant ``(E, N)`` projections and absent tensors pass through."""
-    return t if t is None or t.dim() < 3 else t.flip(-1)
