@@ -126,3 +126,99 @@ def test_expanded_and_strided_operands_reach_onednn_dense():
     mm.matmul(a, b).sum().backward()
     torch.testing.assert_close(a.grad, torch.ones(7, 3) @ b.detach().t())
     torch.testing.assert_close(b.grad, a.detach().t() @ torch.ones(7, 3))
+
+
+# --- CPU autocast: every product runs in the autocast dtype, on every shape ------------------------------
+
+def _bf16_agreement(out: torch.Tensor, ref_bf16: torch.Tensor) -> float:
+    """Fraction of elements of ``out`` that equal an explicit bf16 computation to the last bit."""
+    assert out.dtype == torch.bfloat16, f"the product ran in {out.dtype}, not in the autocast dtype"
+    return (out == ref_bf16).float().mean().item()
+
+
+def _bf16(*tensors):
+    return [None if t is None else t.detach().bfloat16() for t in tensors]
+
+
+# An explicit bf16 product agrees bit for bit with the autocast one almost everywhere (an fp32 product
+# rounded to bf16 afterwards agrees on far fewer elements: about half, measured on these operands).
+AGREE = 0.97
+
+
+@pytest.mark.parametrize("shape", [(1, 7, 24), (2, 4, 24), (3, 50, 24), (1, 1100, 24), (4, 1030, 24)])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("grad", [True, False])
+def test_linear_under_cpu_autocast_runs_in_bf16(shape, bias, grad):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(*shape, generator=g)
+    weight = torch.randn(40, shape[-1], generator=g, requires_grad=grad)
+    b = torch.randn(40, generator=g, requires_grad=grad) if bias else None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = mm.linear(x, weight, b)
+    ref = F.linear(*_bf16(x, weight, b))
+    assert _bf16_agreement(out, ref) >= AGREE
+    if grad:
+        out.float().square().sum().backward()
+        assert weight.grad.dtype == torch.float32  # the parameter keeps its own dtype
+        w16 = weight.detach().bfloat16().requires_grad_(True)
+        F.linear(x.bfloat16(), w16, None if b is None else b.detach().bfloat16()).float().square().sum().backward()
+        torch.testing.assert_close(weight.grad, w16.grad.float(), rtol=2e-2, atol=2e-2 * w16.grad.abs().max().item())
+
+
+@pytest.mark.parametrize("batch,length", [(1, 40), (2, 40), (2, 1023), (2, 1025), (1, 2100), (3, 1200)])
+def test_channels_first_matmul_under_cpu_autocast_runs_in_bf16(batch, length):
+    """Both routes — torch's batched product for short sequences, oneDNN per sample for long ones — give the
+    autocast dtype, so a run's precision does not depend on its batch size or length."""
+    g = torch.Generator().manual_seed(4)
+    h = torch.randn(batch, length, 24, generator=g)
+    weight = torch.randn(36, 24, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = mm.channels_first_matmul(weight, h.transpose(1, 2))
+    w16, h16 = _bf16(weight, h)
+    assert _bf16_agreement(out, torch.matmul(w16, h16.transpose(1, 2))) >= AGREE
+
+
+def test_matmul_under_cpu_autocast_runs_in_bf16_and_not_outside_it():
+    a, b = _operands(5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = mm.matmul(a, b)
+    a16, b16 = _bf16(a, b)
+    assert _bf16_agreement(out, a16 @ b16) >= AGREE
+    assert mm.matmul(a, b).dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert mm.matmul(a.double(), b.double()).dtype == torch.float64  # autocast leaves float64 alone
+
+
+def test_layers_under_cpu_autocast_give_bf16_products():
+    """Each kind of layer product: ``Linear`` (qkv, proj, fc1, fc2), ``linear`` (``out_proj``) and the
+    channels-first products (``in_proj``, ``x_proj``, ``dt_proj``) inside BiMamba."""
+    from videomap.layers import Attention
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 21, 16)
+    mixer, mlp, attn = BiMamba(16, d_state=4), Mlp(16, 32), Attention(16, num_heads=2)
+    seen = {}
+    hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: seen.__setitem__(name, out.dtype))
+             for name, m in [("mlp", mlp), ("attn", attn), ("fc1", mlp.fc1), ("qkv", attn.qkv)]]
+    calls = []
+    original = mm.channels_first_matmul
+
+    def spy(weight, h):
+        out = original(weight, h)
+        calls.append(out.dtype)
+        return out
+
+    import videomap.layers.bimamba as bimamba_module
+
+    bimamba_module.channels_first_matmul, saved = spy, bimamba_module.channels_first_matmul
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = mixer(x)
+            mlp(x), attn(x)
+    finally:
+        bimamba_module.channels_first_matmul = saved
+        for h in hooks:
+            h.remove()
+    assert mixed.dtype == torch.bfloat16  # out_proj
+    assert set(seen.values()) == {torch.bfloat16}, seen
+    assert len(calls) == 5 and set(calls) == {torch.bfloat16}, calls  # in_proj, 2 x_proj, 2 dt_proj

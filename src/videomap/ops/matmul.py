@@ -1,4 +1,4 @@
-"""Dense products for the layers, routed through oneDNN for float32 CPU tensors.
+"""Dense products for the layers, routed through oneDNN for CPU tensors.
 
 torch's CPU wheels send float32 ``matmul``/``linear`` to MKL, whose sgemm runs at roughly half speed on
 CPUs it does not tune for (on the AMD machines this project is measured on: ~100–180 GFLOP/s against
@@ -8,8 +8,14 @@ linear layers. It accepts strided operands, so a product such as ``W @ x`` with 
 ``(K, L)`` activation is one call with no transposed copy.
 
 :func:`matmul` and :func:`linear` compute in true float32 (no reduced-precision accumulation) and are
-differentiable; their backward runs through the same op. Anything else — other dtypes, CUDA tensors, a
-torch build without oneDNN, ``VIDEOMAP_ONEDNN=0`` — takes torch's own ``matmul``/``linear``.
+differentiable; their backward runs through the same op.
+
+**Autocast.** A custom op is invisible to ``torch.autocast``, so these functions apply its rule themselves:
+inside a CPU autocast region every floating operand (except float64) is cast to the autocast dtype first,
+exactly as autocast casts ``F.linear``/``matmul``, and the product runs in that dtype — through oneDNN's
+bf16 kernels where the CPU has them (AMX or AVX512-BF16), else through torch. The result is the same on
+every shape and batch size. Anything else — other dtypes, CUDA tensors, a torch build without oneDNN,
+``VIDEOMAP_ONEDNN=0`` — takes torch's own ``matmul``/``linear``.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-__all__ = ["onednn_available", "use_onednn", "matmul", "linear", "channels_first_matmul"]
+__all__ = ["onednn_available", "use_onednn", "autocast_dtype", "matmul", "linear", "channels_first_matmul"]
 
 #: channels_first_matmul runs oneDNN per sample only for sequences at least this long (or a batch of one).
 MIN_PER_SAMPLE_LENGTH = 1024
@@ -35,12 +41,55 @@ def onednn_available() -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=None)
+def _onednn_dtypes() -> frozenset[torch.dtype]:
+    """The dtypes oneDNN's inner product runs natively on this CPU: float32, and bf16/fp16 where the CPU has
+    instructions for them (oneDNN would otherwise emulate them slowly)."""
+    dtypes = {torch.float32}
+    for dtype, probe in ((torch.bfloat16, "_is_mkldnn_bf16_supported"), (torch.float16, "_is_mkldnn_fp16_supported")):
+        try:
+            if getattr(torch.ops.mkldnn, probe)():
+                dtypes.add(dtype)
+        except (AttributeError, RuntimeError):
+            pass
+    return frozenset(dtypes)
+
+
 def use_onednn(*tensors: torch.Tensor | None) -> bool:
-    """Whether a product of ``tensors`` takes the oneDNN path: all float32 CPU tensors, oneDNN present, and
-    ``VIDEOMAP_ONEDNN`` not ``0``."""
+    """Whether a product of ``tensors`` takes the oneDNN path: CPU tensors of one dtype that oneDNN runs
+    natively here (float32; bf16/fp16 where the CPU supports them), oneDNN present, and ``VIDEOMAP_ONEDNN``
+    not ``0``."""
     if os.environ.get("VIDEOMAP_ONEDNN", "1") == "0" or not onednn_available():
         return False
-    return all(t is None or (t.dtype == torch.float32 and t.device.type == "cpu") for t in tensors)
+    present = [t for t in tensors if t is not None]
+    if not present or any(t.device.type != "cpu" for t in present):
+        return False
+    dtypes = {t.dtype for t in present}
+    return len(dtypes) == 1 and dtypes <= _onednn_dtypes()
+
+
+def autocast_dtype() -> torch.dtype | None:
+    """The dtype CPU autocast runs products in, or ``None`` outside a CPU autocast region."""
+    try:
+        enabled, dtype = torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
+    except TypeError:  # torch < 2.4 spells it per device
+        enabled, dtype = torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
+    return dtype if enabled else None
+
+
+def _autocast(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """``tensors`` cast as CPU autocast casts the operands of ``F.linear``: every floating CPU tensor other
+    than float64 goes to the autocast dtype. Unchanged outside autocast or for other devices, whose autocast
+    sees the torch ops these functions fall back to."""
+    dtype = autocast_dtype()
+    if dtype is None:
+        return tensors
+
+    def cast(t):
+        eligible = t is not None and t.device.type == "cpu" and t.is_floating_point() and t.dtype != torch.float64
+        return t.to(dtype) if eligible else t
+
+    return tuple(cast(t) for t in tensors)
 
 
 def _dense(t: torch.Tensor) -> torch.Tensor:
@@ -60,12 +109,16 @@ def _inner(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None = 
 
 
 class _OneDNNMatmul(torch.autograd.Function):
-    """``a (M, K) @ b (K, N)``; every product of the backward is again an inner product."""
+    """``a (M, K) @ b (K, N) + bias (N,)``; every product of the backward is again an inner product.
+
+    The bias is added inside the forward product, so a reduced-precision result is rounded once.
+    """
 
     @staticmethod
-    def forward(ctx, a, b):
+    def forward(ctx, a, b, bias=None):
         ctx.save_for_backward(a, b)
-        return _inner(a, b.t())
+        ctx.has_bias = bias is not None
+        return _inner(a, b.t(), bias)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -73,7 +126,8 @@ class _OneDNNMatmul(torch.autograd.Function):
         a, b = ctx.saved_tensors
         grad_a = _inner(grad, b) if ctx.needs_input_grad[0] else None  # (M, N) @ (K, N)^T
         grad_b = _inner(a.t(), grad.t()) if ctx.needs_input_grad[1] else None  # (K, M) @ (N, M)^T
-        return grad_a, grad_b
+        grad_bias = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_a, grad_b, grad_bias
 
 
 def _needs_graph(*tensors: torch.Tensor | None) -> bool:
@@ -84,6 +138,7 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a (M, K) @ b (K, N)`` → ``(M, N)``; either operand may be a transposed or strided view."""
     if a.dim() != 2 or b.dim() != 2:
         raise ValueError(f"matmul: expected 2-D operands, got {tuple(a.shape)} and {tuple(b.shape)}")
+    a, b = _autocast(a, b)
     if not use_onednn(a, b):
         return torch.matmul(a, b)
     if _needs_graph(a, b):
@@ -93,14 +148,13 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear``: ``x (..., K)``, ``weight (N, K)``, ``bias (N,)`` → ``(..., N)``."""
+    x, weight, bias = _autocast(x, weight, bias)
     if not use_onednn(x, weight, bias) or x.dim() == 0:
         return F.linear(x, weight, bias)
     lead = x.shape[:-1]
     flat = x.reshape(-1, x.shape[-1])  # a view for the usual contiguous activations
     if _needs_graph(x, weight, bias):
-        out = _OneDNNMatmul.apply(flat, weight.t())
-        if bias is not None:
-            out = out + bias
+        out = _OneDNNMatmul.apply(flat, weight.t(), bias)
     else:
         out = _inner(flat, weight, bias)
     return out.reshape(*lead, weight.shape[0])
@@ -118,6 +172,9 @@ def channels_first_matmul(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor
     if x.dim() != 3:
         raise ValueError(f"channels_first_matmul: expected x of shape (B, K, L), got {tuple(x.shape)}")
     batch, _, length = x.shape
+    # Cast once here, so that both routes below run in the autocast dtype (torch's batched product would be
+    # cast by autocast itself, the per-sample oneDNN one would not).
+    weight, x = _autocast(weight, x)
     # oneDNN takes one sample per call. A batch of short sequences is many small calls whose fixed cost
     # outweighs the faster kernel (a batch-16, 64-token training step of the demo's model was 15% slower), so
     # those go to torch's batched product in one call.
