@@ -31,6 +31,18 @@ def test_whole_frame_mask_hides_entire_frames():
     assert (mask.flatten(1).sum(1) == 40).all()
 
 
+def test_whole_frame_mask_can_keep_the_first_frame():
+    for seed in range(20):
+        mask = whole_frame_mask(3, 4, 5, 0.5, generator=torch.Generator().manual_seed(seed), keep_first=True)
+        per_frame = mask.sum(-1)
+        assert (per_frame[:, 0] == 0).all()
+        assert ((per_frame == 0) | (per_frame == 5)).all() and (mask.flatten(1).sum(1) == 10).all()
+    # Frames 1 … T'-1 are all drawn: over the seeds each of them is hidden at least once.
+    hidden = torch.stack([whole_frame_mask(1, 4, 1, 0.25, generator=torch.Generator().manual_seed(s),
+                                           keep_first=True)[0, :, 0] for s in range(40)])
+    assert hidden[:, 0].sum() == 0 and (hidden[:, 1:].sum(0) > 0).all()
+
+
 def test_ratio_bounds():
     assert num_hidden(10, 0.0) == 0
     assert num_hidden(10, 0.99) == 9  # one token always stays visible

@@ -104,6 +104,50 @@ def test_predict_next_aligns_frame_t_outputs_with_frame_t_plus_1_targets():
     assert torch.allclose(out["loss"], per_token[mask[:, 1:]].mean(), rtol=1e-5)
 
 
+def test_each_visible_token_keeps_its_own_position_embedding():
+    """A stem that outputs zeros leaves position as the tokens' only signal: the encoder must receive, for
+    every visible token, the spatial and temporal embedding of the place it came from."""
+    model = tiny_pretrainer().eval()
+    encoder = model.encoder
+    with torch.no_grad():
+        encoder.patch_embed.proj.weight.zero_()
+        encoder.patch_embed.proj.bias.zero_()
+        encoder.pos_embed.normal_()
+        encoder.temporal_pos_embedding.normal_()
+    seen = []
+    original = encoder.forward_tokens
+    encoder.forward_tokens = lambda tokens: (seen.append(tokens.detach().clone()), original(tokens))[1]
+    mask = model.sample_mask(2, 4, 4, torch.Generator().manual_seed(5))
+    model.forward_encoder(video(), mask)
+    (tokens,) = seen
+    spatial, temporal = encoder.pos_embed[0], encoder.temporal_pos_embedding[0]  # (1 + N, D), (T', D)
+    for b in range(2):
+        visible = [(t, n) for t in range(4) for n in range(4) if not mask[b, t, n]]  # spatial-first order
+        assert tokens.shape[1] == 1 + len(visible)
+        for position, (t, n) in enumerate(visible, start=1):
+            torch.testing.assert_close(tokens[b, position], spatial[1 + n] + temporal[t])
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.3, "random"])
+def test_next_frame_prediction_with_whole_frames_scores_every_step(ratio):
+    """With two frames and whole-frame masking, a mask hiding only frame 0 would score nothing under
+    ``predict="next"``; every draw must hide a frame that is scored."""
+    torch.manual_seed(0)
+    encoder = create_model("videomap_tiny", num_classes=0, num_frames=2, img_size=32, **TINY)
+    model = MAPPretrainer(encoder, predict="next", whole_frames=True, mask_ratio=ratio,
+                          decoder_depth=1, decoder_dim=32, decoder_heads=2)
+    x = video(batch=2, frames=2)
+    for seed in range(24):
+        out = model(x, generator=torch.Generator().manual_seed(seed))
+        scored = int(out["mask"][:, 1:].sum())  # frame 0's hidden tokens carry no target under "next"
+        assert scored > 0, f"seed {seed}: nothing to score"
+        assert out["loss"].item() > 0
+    with pytest.raises(ValueError, match="no hidden token to score"):
+        only_first = torch.zeros(2, 2, 4, dtype=torch.bool)
+        only_first[:, 0] = True
+        model(x, mask=only_first)
+
+
 def test_whole_frame_and_random_ratio_options():
     model = tiny_pretrainer(whole_frames=True, mask_ratio=0.5)
     out = model(video(), generator=torch.Generator().manual_seed(0))

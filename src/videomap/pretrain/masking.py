@@ -53,15 +53,23 @@ def frame_token_mask(batch: int, frames: int, tokens_per_frame: int, ratio: floa
 
 
 def whole_frame_mask(batch: int, frames: int, tokens_per_frame: int, ratio: float,
-                     generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+                     generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+                     keep_first: bool = False) -> torch.Tensor:
     """Hide ``num_hidden(T', ratio)`` whole frames per sample (at least one frame stays visible).
+
+    ``keep_first`` never hides frame 0 and draws the hidden frames from frames ``1 … T'−1``. Next-frame
+    prediction needs it: frame 0 has no earlier frame to be predicted from, so a mask that hid only frame 0
+    would leave nothing to score.
 
     Returns:
         ``(B, T', N)`` bool, ``True`` = hidden; every sample hides the same number of tokens.
     """
     hidden = num_hidden(frames, ratio)
-    noise = torch.rand(batch, frames, generator=generator)
+    first = 1 if keep_first else 0
+    noise = torch.rand(batch, frames - first, generator=generator)
     frame_hidden = noise.argsort(dim=-1).argsort(dim=-1) < hidden
+    if keep_first:
+        frame_hidden = torch.cat([torch.zeros(batch, 1, dtype=torch.bool), frame_hidden], dim=1)
     return frame_hidden[:, :, None].expand(batch, frames, tokens_per_frame).clone().to(device)
 
 

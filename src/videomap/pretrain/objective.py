@@ -89,8 +89,12 @@ class MAPPretrainer(nn.Module):
                     device=None) -> torch.Tensor:
         """A fresh ``(B, T', N)`` bool mask (``True`` = hidden) from ``generator``."""
         ratio = sample_mask_ratio(generator) if self.mask_ratio == "random" else float(self.mask_ratio)
-        make = whole_frame_mask if self.whole_frames else frame_token_mask
-        return make(batch, frames, tokens, ratio, generator=generator, device=device)
+        if self.whole_frames:
+            # Under "next" only frames 1 … T'−1 are scored, so frame 0 stays visible and every mask hides a
+            # scored frame; with token masking every frame hides tokens and frames ≥ 1 are always scored.
+            return whole_frame_mask(batch, frames, tokens, ratio, generator=generator, device=device,
+                                    keep_first=self.predict == "next")
+        return frame_token_mask(batch, frames, tokens, ratio, generator=generator, device=device)
 
     def forward_encoder(self, video: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode the visible tokens only.
@@ -127,6 +131,9 @@ class MAPPretrainer(nn.Module):
             ``(loss, pred)`` where ``pred (B, T', N, P)`` is aligned with ``target``: for ``predict="next"``,
             ``pred[:, t]`` comes from the outputs of frame ``t − 1``; frame 0 has no prediction (zeros) and
             no loss.
+
+        Raises ``ValueError`` when the mask leaves no token to score (e.g. a given mask that hides only
+        frame 0 under ``predict="next"``): such a step would report a loss of exactly 0.
         """
         weight = mask.float()
         if self.predict == "next":
@@ -134,8 +141,14 @@ class MAPPretrainer(nn.Module):
             weight = torch.cat([torch.zeros_like(weight[:, :1]), weight[:, 1:]], dim=1)
         else:
             pred = output
+        scored = weight.sum()
+        if not bool(scored > 0):
+            # A zero loss would look like a perfect step and train nothing.
+            raise ValueError("the mask leaves no hidden token to score"
+                             + (" (predict='next' scores the hidden tokens of frames 1 … T'-1 only)"
+                                if self.predict == "next" else "") + "; hide more tokens")
         per_token = self.target.loss(pred, target)
-        loss = (per_token * weight).sum() / weight.sum().clamp_min(1.0)
+        loss = (per_token * weight).sum() / scored
         return loss, pred
 
     def forward(self, video: torch.Tensor, mask: torch.Tensor | None = None,
