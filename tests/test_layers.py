@@ -114,6 +114,42 @@ def test_position_embeddings_order():
     assert seq[1, 1:, 0].tolist() == expected
 
 
+def _cubic_resize_1d(values: list[float], new: int, a: float = -0.75) -> list[float]:
+    """Bicubic resize of one line, written out: half-pixel centres (``align_corners=False``), Keys' cubic
+    convolution kernel with ``a = -0.75``, taps past either end clamped to the border sample."""
+
+    def kernel(d: float) -> float:
+        d = abs(d)
+        if d <= 1:
+            return (a + 2) * d**3 - (a + 3) * d**2 + 1
+        return a * d**3 - 5 * a * d**2 + 8 * a * d - 4 * a if d < 2 else 0.0
+
+    old, out = len(values), []
+    for i in range(new):
+        x = (i + 0.5) * old / new - 0.5
+        base = math.floor(x)
+        out.append(sum(kernel(x - k) * values[min(max(k, 0), old - 1)] for k in range(base - 1, base + 3)))
+    return out
+
+
+@pytest.mark.parametrize("old_grid,new_grid", [((4, 7), (9, 5)), ((6, 3), (4, 8)), ((5, 5), (10, 7))])
+def test_spatial_resampling_keeps_rows_and_columns_apart(old_grid, new_grid):
+    """A ramp along each axis, on grids that are not square: channel 0 is the row index, channel 1 the
+    column index. Each output token must carry the 1-D cubic resize of its own row and column coordinate,
+    computed independently here — a transposed or mis-reshaped grid cannot."""
+    rows, cols = torch.meshgrid(torch.arange(old_grid[0]), torch.arange(old_grid[1]), indexing="ij")
+    field = torch.stack([rows, cols], dim=-1).float().reshape(1, -1, 2)  # raster order (row-major)
+    pos = torch.cat([torch.tensor([[[-5.0, 9.0]]]), field], dim=1)
+    out = resample_spatial_pos_embed(pos, old_grid, new_grid)
+    assert out.shape == (1, 1 + new_grid[0] * new_grid[1], 2)
+    assert out[0, 0].tolist() == [-5.0, 9.0]
+    grid = out[0, 1:].reshape(new_grid[0], new_grid[1], 2)
+    row_values = torch.tensor(_cubic_resize_1d([float(r) for r in range(old_grid[0])], new_grid[0]))
+    col_values = torch.tensor(_cubic_resize_1d([float(c) for c in range(old_grid[1])], new_grid[1]))
+    torch.testing.assert_close(grid[..., 0], row_values[:, None].expand(new_grid), atol=1e-5, rtol=0)
+    torch.testing.assert_close(grid[..., 1], col_values[None, :].expand(new_grid), atol=1e-5, rtol=0)
+
+
 def test_resampling_preserves_constants_and_identity():
     pos = torch.cat([torch.full((1, 1, 3), 7.0), torch.full((1, 14 * 14, 3), 2.0)], dim=1)
     out = resample_spatial_pos_embed(pos, (14, 14), (10, 12))
