@@ -1,9 +1,11 @@
-"""Converters from VideoMamba (video_sm) and image MAP checkpoints.
+"""Converters from VideoMamba (video_sm and image_sm) and image MAP checkpoints.
 
 VideoMamba parity is checked against a stand-alone forward pass written here from VideoMamba's published
 model definition (its ``VisionMamba.forward_features`` token layout, its add-then-norm ``Block``, and the
 bidirectional "v2" Mamba mixer with a sequential selective scan). It reads the upstream state dict directly
 and imports nothing from videomap, so a converter that renamed, reordered or re-merged anything would fail.
+The same pass, with a ``Conv2d`` stem and no temporal embedding, is VideoMamba's image model, which the
+image-checkpoint conversion must reproduce on one frame.
 """
 
 from __future__ import annotations
@@ -73,6 +75,16 @@ def videomamba_state_dict(dim=32, depth=3, frames=4, img=32, patch=16, tubelet=1
     if classes:
         sd["head.weight"] = torch.randn(classes, dim, generator=g) * 0.3
         sd["head.bias"] = torch.randn(classes, generator=g) * 0.1
+    return sd
+
+
+def videomamba_image_state_dict(dim=32, depth=2, img=32, patch=16, classes=5, seed=2):
+    """A state dict laid out as VideoMamba's image model (image_sm ``VisionMamba``, the ImageNet weights its
+    video fine-tuning starts from): Conv2d stem, one class token whose ``pos_embed`` row comes first, no
+    temporal embedding."""
+    sd = videomamba_state_dict(dim=dim, depth=depth, frames=1, img=img, patch=patch, classes=classes, seed=seed)
+    del sd["temporal_pos_embedding"]
+    sd["patch_embed.proj.weight"] = sd["patch_embed.proj.weight"][:, :, 0].contiguous()  # (D, 3, p, p)
     return sd
 
 
@@ -178,6 +190,22 @@ def videomamba_reference_logits(sd, x):
     cls = tokens[:b, :1]
     patches = tokens[:, 1:].reshape(b, t, -1, dim) + sd["temporal_pos_embedding"][:, :, None]
     seq = torch.cat([cls, patches.reshape(b, -1, dim)], dim=1)
+    return _mamba_stack_logits(sd, seq)
+
+
+@torch.no_grad()
+def videomamba_image_reference_logits(sd, image):
+    """VideoMamba image_sm ``VisionMamba.forward`` on ``image (B, 3, H, W)`` from its state dict: Conv2d
+    stem, class token prepended at position 0, ``pos_embed`` (class row first) added, no time axis."""
+    p = sd["patch_embed.proj.weight"].shape[-1]
+    feat = F.conv2d(image, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=p)  # (B, D, h, w)
+    tokens = feat.flatten(2).transpose(1, 2)
+    seq = torch.cat([sd["cls_token"].expand(image.shape[0], -1, -1), tokens], dim=1) + sd["pos_embed"]
+    return _mamba_stack_logits(sd, seq)
+
+
+def _mamba_stack_logits(sd, seq):
+    """VideoMamba's layer stack, final norm and class-token head on a token sequence (B, L, D)."""
     depth = len({k.split(".")[1] for k in sd if k.startswith("layers.")})
     residual, hidden = None, seq
     for i in range(depth):  # add, then norm, then mixer
@@ -294,7 +322,7 @@ def test_videomamba_other_frame_count_resamples_and_says_so():
     assert any("temporal_pos_embedding" in line for line in report.transformed)
     assert set(report.initialised) == {"head.weight", "head.bias"}
     assert report.loaded == len(sd) - 3
-    with pytest.raises(ValueError, match="MAP checkpoints only"):
+    with pytest.raises(ValueError, match="tubelet_size applies to image checkpoints only"):
         convert_checkpoint(_saved(sd), source="videomamba", tubelet_size=2)
 
 
@@ -396,3 +424,97 @@ def test_map_convert_command(tmp_path, capsys):
     finetune = create_model("videomap_tiny", checkpoint_path=out, schedule="MMMAMMMA", embed_dim=48, num_heads=4,
                             mlp_ratio=2.0, tubelet_size=2, num_frames=4, img_size=64, num_classes=10)
     assert finetune.head.weight.shape == (10, 48)
+
+
+def test_map_into_a_registered_row_notes_another_head_count():
+    """The qkv weights of a 12-head checkpoint regrouped into 3 heads compute another attention; the report
+    says so, with both counts."""
+    sd = map_state_dict(dim=192, depth=24, blocks=8, img=32, num_cls=12, cls_reduce=1)
+    _, report = convert_map(sd, name="videomap_tiny", num_frames=2)
+    head_notes = [note for note in report.notes if "heads" in note]
+    assert len(head_notes) == 1, report.notes
+    assert "12 heads" in head_notes[0] and "3 heads" in head_notes[0], head_notes[0]
+    # Declared head counts that the target keeps give no such note.
+    for declared in (3, 12):
+        model, report = convert_map(sd, name="videomap_tiny", num_frames=2, num_heads=declared)
+        assert model.config.num_heads == declared
+        assert not [note for note in report.notes if "heads" in note], report.notes
+
+
+# ---------------------------------------------------------------------------------------------- VideoMamba image tests
+
+
+def test_videomamba_image_layout_is_detected():
+    assert detect_source(videomamba_image_state_dict()) == "videomamba_image"
+    # The ImageNet layout itself: 1 + 14x14 position rows at 224x224.
+    assert detect_source(videomamba_image_state_dict(dim=16, depth=1, img=224)) == "videomamba_image"
+    assert detect_source(map_state_dict()) == "map"
+
+
+def test_videomamba_image_conversion_reproduces_the_image_model_on_one_frame():
+    sd = videomamba_image_state_dict()
+    model, report = convert_checkpoint(_saved(sd), num_frames=1)
+    model.eval()
+    image = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    reference = videomamba_image_reference_logits(sd, image)
+    with torch.no_grad():
+        ours = model(image[:, :, None])  # (B, 3, 1, H, W)
+    assert reference.abs().max() > 0.1  # a meaningful comparison
+    torch.testing.assert_close(ours, reference, atol=1e-4, rtol=0)
+    assert report.source == "videomamba_image"
+    assert (model.config.merge, model.schedule, model.num_classes) == ("sum", "MM", 5)
+    assert any(line.startswith("patch_embed.proj.weight") and "inflated" in line for line in report.transformed)
+    assert any("temporal_pos_embedding" in note and "zero" in note for note in report.notes), report.notes
+
+
+@pytest.mark.parametrize("tubelet", [1, 2])
+def test_videomamba_image_inflates_into_a_video_model(tubelet):
+    sd = videomamba_image_state_dict()
+    model, report = convert_checkpoint(_saved(sd), num_frames=8, tubelet_size=tubelet)
+    assert (model.num_frames, model.tubelet_size, model.temporal_pos_embedding.shape[1]) == (8, tubelet, 8 // tubelet)
+    # Every image tensor has its place, and only the temporal embedding is new (at zero).
+    assert report.unmapped == [] and report.initialised == ["temporal_pos_embedding"]
+    assert report.loaded + len(report.transformed) == len(sd)
+    assert torch.count_nonzero(model.temporal_pos_embedding) == 0
+    # Centre inflation: the 2-D kernel in the middle slice of the tubelet, zeros elsewhere.
+    weight = model.patch_embed.proj.weight
+    centre = tubelet // 2
+    torch.testing.assert_close(weight[:, :, centre], sd["patch_embed.proj.weight"])
+    assert torch.count_nonzero(weight) == torch.count_nonzero(weight[:, :, centre])
+    # So each tubelet's token is the image stem applied to its centre frame.
+    clip = torch.randn(1, 3, 8, 32, 32, generator=torch.Generator().manual_seed(7))
+    tokens = model.patch_embed(clip)  # (1, T', N, D)
+    frame = clip[:, :, tubelet + centre]  # centre frame of tubelet 1
+    image = F.conv2d(frame, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=16)
+    torch.testing.assert_close(tokens[:, 1], image.flatten(2).transpose(1, 2), atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        assert model(clip).shape == (1, 5)
+    # What the directory holds loads strictly into the config it records.
+    VideoMAP(model.config).load_state_dict(model.state_dict(), strict=True)
+
+
+def test_videomamba_image_resamples_positions_and_recognises_the_row(tmp_path, capsys):
+    sd = videomamba_image_state_dict(dim=192, depth=24, img=64, classes=3, seed=6)
+    src = tmp_path / "videomamba_t16_in1k.pth"
+    torch.save({"model": sd}, src)
+    out = tmp_path / "videomamba_t_video"
+    assert convert_main([str(src), str(out), "--num-frames", "4", "--tubelet-size", "2", "--img-size", "32",
+                         "--num-classes", "10"]) == 0
+    text = capsys.readouterr().out
+    assert "converted a videomamba_image checkpoint" in text and "inflated" in text
+    model = VideoMAP.from_pretrained(out)
+    assert model.config.name == "videomamba_tiny"
+    assert (model.num_frames, model.tubelet_size, model.img_size, model.num_classes) == (4, 2, (32, 32), 10)
+    assert model.pos_embed.shape == (1, 1 + 4, 192)
+    # --num-heads has no meaning for a pure-Mamba model.
+    assert convert_main([str(src), str(tmp_path / "x"), "--num-heads", "4"]) == 1
+    assert "MAP checkpoints only" in capsys.readouterr().err
+
+
+def test_videomamba_image_keys_that_do_not_fit_are_listed():
+    sd = videomamba_image_state_dict()
+    sd["head_dist.weight"] = torch.zeros(5, 32)
+    with pytest.raises(CheckpointMismatchError, match="head_dist.weight"):
+        convert_checkpoint(_saved(sd))
+    _, report = convert_checkpoint(_saved(sd), strict=False)
+    assert report.unmapped == ["head_dist.weight"]

@@ -1,11 +1,15 @@
 """Converting other projects' checkpoints into videomap models (``videomap convert``).
 
-Two sources are understood:
+Three sources are understood:
 
 * **VideoMamba** (``OpenGVLab/VideoMamba``, ``video_sm``): its parameter names are ours already, so the
   conversion infers the architecture from the tensor shapes, builds the matching ``videomamba_*`` model
   (directions merged by sum, VideoMamba's token order) and loads the weights unchanged. The result computes
   what VideoMamba's own model computes.
+* **VideoMamba image models** (``image_sm``, the ImageNet weights VideoMamba's video fine-tuning starts
+  from): the same names with a ``Conv2d`` stem and no temporal embedding. They become a ``videomamba_*``
+  video model as VideoMamba's fine-tuning inflates them: the 2-D kernel in the centre frame of the tubelet,
+  the temporal embedding at zero. On one frame the result computes the image model's logits.
 * **Image MAP** (``yunzeliu/MAP``): a 2-D model with a different stem and layer arrangement. Its weights
   become a VideoMAP *initialisation*: the ``Conv2d`` patch embedding is inflated to the ``Conv3d`` tubelet,
   the spatial position embedding is resampled, the class tokens are merged into one, and every Mamba and
@@ -31,12 +35,21 @@ from pathlib import Path
 import torch
 
 from ..layers import infer_square_grid, resample_spatial_pos_embed
-from .checkpoint import HEAD_KEYS, CheckpointMismatchError, _unwrap, key_section, load_state_dict_into
+from .checkpoint import (
+    HEAD_KEYS,
+    CheckpointMismatchError,
+    LoadReport,
+    _unwrap,
+    key_section,
+    load_state_dict_into,
+)
 from .config import VideoMAPConfig
 from .registry import MODEL_CONFIGS, get_model_config
 from .videomap import VideoMAP
 
-SOURCES = ("videomamba", "map")
+SOURCES = ("videomamba", "videomamba_image", "map")
+# How a Conv2d stem becomes a Conv3d one: spread evenly over the tubelet, or all in its centre frame.
+INFLATE_MODES = ("average", "centre")
 # Per-layer Mamba mixer tensors, named as in VideoMamba / MAP / videomap alike.
 MIXER_KEYS = (
     "in_proj.weight", "conv1d.weight", "conv1d.bias", "x_proj.weight", "dt_proj.weight", "dt_proj.bias",
@@ -127,15 +140,30 @@ def read_upstream_checkpoint(path: str | os.PathLike, trust_pickle: bool = False
     return state
 
 
+def _is_square(n: int) -> bool:
+    return n > 0 and math.isqrt(n) ** 2 == n
+
+
 def detect_source(state: dict[str, torch.Tensor]) -> str:
-    """``"videomamba"`` or ``"map"``, from keys only the one layout has."""
+    """``"videomamba"``, ``"videomamba_image"`` or ``"map"``, from keys and shapes only one layout has.
+
+    Both image layouts have a ``Conv2d`` stem ``(D, C, p, p)``. VideoMamba's image model keeps its one class
+    token's position in ``pos_embed`` (``1 + N`` rows for a square grid of ``N``, 197 at 224²); MAP's
+    ``pos_embed`` has only the ``N`` patch rows, its class tokens' positions being in ``pos_embed_cls``.
+    """
     if "pos_embed_cls" in state or any(k.startswith("blocks.") for k in state):
         return "map"
-    if "temporal_pos_embedding" in state or state.get("patch_embed.proj.weight", torch.empty(0)).dim() == 5:
+    stem = state.get("patch_embed.proj.weight")
+    if stem is None:
+        raise ValueError("cannot tell the checkpoint's layout (no patch_embed.proj.weight); pass the source explicitly")
+    if "temporal_pos_embedding" in state or stem.dim() == 5:
         return "videomamba"
-    if state.get("patch_embed.proj.weight", torch.empty(0)).dim() == 4:
-        return "map"
-    raise ValueError("cannot tell the checkpoint's layout (no patch_embed.proj.weight); pass the source explicitly")
+    if stem.dim() != 4:
+        raise ValueError(f"patch_embed.proj.weight has shape {tuple(stem.shape)}: neither a Conv2d nor a Conv3d stem")
+    rows = state["pos_embed"].shape[1] if "pos_embed" in state else 0
+    if _is_square(rows - 1) and not _is_square(rows):
+        return "videomamba_image"
+    return "map"
 
 
 # ---------------------------------------------------------------------------------------------- shapes
@@ -169,6 +197,12 @@ def _registry_row(embed_dim: int, schedule: str, merge: str) -> str | None:
     return None
 
 
+def _require(state: dict, keys: tuple[str, ...], layout: str) -> None:
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise ValueError(f"not a {layout} state dict: no {', '.join(missing)}")
+
+
 # ---------------------------------------------------------------------------------------------- VideoMamba
 
 
@@ -178,30 +212,44 @@ def videomamba_config(state: dict[str, torch.Tensor], name: str | None = None, *
     The registered ``videomamba_*`` row of the same width and depth is used when there is one (or the one
     ``name`` gives); ``overrides`` (e.g. ``num_frames``) change fields on top.
     """
+    _require(state, ("patch_embed.proj.weight", "pos_embed", "temporal_pos_embedding", "layers.0.mixer.A_log"),
+             "VideoMamba video_sm")
     proj = state["patch_embed.proj.weight"]  # (D, C, tubelet, p, p)
     if proj.dim() != 5:
         raise ValueError(f"patch_embed.proj.weight has shape {tuple(proj.shape)}; a VideoMamba stem is a Conv3d")
-    embed_dim, in_chans, tubelet, patch = proj.shape[0], proj.shape[1], proj.shape[2], proj.shape[-1]
-    depth = _count_indexed(state, "layers.")
+    tubelet = proj.shape[2]
+    num_frames = state["temporal_pos_embedding"].shape[1] * tubelet
+    return _videomamba_row(_videomamba_fields(state, tubelet, num_frames), name).replace(**overrides)
+
+
+def _videomamba_fields(state: dict[str, torch.Tensor], tubelet_size: int, num_frames: int) -> dict:
+    """Config fields of a VideoMamba stack (video or image) read off its shapes, for ``num_frames`` frames in
+    tubelets of ``tubelet_size``. The stem ``patch_embed.proj.weight`` is ``(D, C, [k,] p, p)`` and
+    ``pos_embed`` is ``(1, 1 + N, D)`` with the class token's row first."""
+    proj = state["patch_embed.proj.weight"]
+    embed_dim, in_chans, patch = proj.shape[0], proj.shape[1], proj.shape[-1]
     grid_h, grid_w = infer_square_grid(state["pos_embed"].shape[1] - 1)
-    fields = dict(
+    return dict(
         embed_dim=embed_dim,
-        schedule="M" * depth,
+        schedule="M" * _count_indexed(state, "layers."),
         merge="sum",
         in_chans=in_chans,
         patch_size=patch,
-        tubelet_size=tubelet,
+        tubelet_size=tubelet_size,
         img_size=grid_h * patch if grid_h == grid_w else (grid_h * patch, grid_w * patch),
-        num_frames=state["temporal_pos_embedding"].shape[1] * tubelet,
+        num_frames=num_frames,
         num_classes=state["head.weight"].shape[0] if "head.weight" in state else 0,
         **_mamba_fields(state, embed_dim),
     )
-    name = name or _registry_row(embed_dim, fields["schedule"], "sum")
+
+
+def _videomamba_row(fields: dict, name: str | None) -> VideoMAPConfig:
+    """``fields`` on top of the registered row ``name``, or of the ``videomamba_*`` row of the same width and
+    depth, or of the defaults when no row has them."""
+    name = name or _registry_row(fields["embed_dim"], fields["schedule"], "sum")
     if name is not None:
-        config = get_model_config(name).replace(**fields)
-    else:
-        config = VideoMAPConfig(**fields)
-    return config.replace(**overrides)
+        return get_model_config(name).replace(**fields)
+    return VideoMAPConfig(**fields)
 
 
 def convert_videomamba(
@@ -217,17 +265,114 @@ def convert_videomamba(
     model = VideoMAP(config)
     source = videomamba_config(state, name)
     load = load_state_dict_into(model, state, source=source, strict=strict)
-    report = ConversionReport(source="videomamba", config=config.to_dict())
+    return model, _report_from_load("videomamba", config, model, state, load)
+
+
+def _report_from_load(
+    source: str,
+    config: VideoMAPConfig,
+    model: VideoMAP,
+    state: dict[str, torch.Tensor],
+    load: LoadReport,
+    converted: dict[str, str] | None = None,
+) -> ConversionReport:
+    """The report of a conversion that loaded (a form of) ``state`` with :func:`load_state_dict_into`.
+
+    ``converted`` maps the source keys that were changed before loading (e.g. an inflated stem) to a line
+    saying how; they count as transformed, not copied, once they have loaded.
+    """
+    converted = converted or {}
+    report = ConversionReport(source=source, config=config.to_dict())
     resampled = {line.split()[0] for line in load.resampled}
     dropped_head = [k for k in HEAD_KEYS if k in state] if load.head_reinitialised else []
-    report.transformed = [f"resampled {line}" for line in load.resampled]
+    not_loaded = set(load.unexpected) | {n for n, _, _ in load.mismatched} | set(dropped_head)
+    report.transformed = [line for key, line in converted.items() if key not in not_loaded]
+    report.transformed += [f"resampled {line}" for line in load.resampled]
     report.unmapped = list(load.unexpected) + [f"{n}: {tuple(a)} vs {tuple(b)}" for n, a, b in load.mismatched]
     report.unmapped += [f"{k} (classifier of another size)" for k in dropped_head]
     report.initialised = list(load.missing)
     if load.head_reinitialised:
         report.initialised += [k for k in HEAD_KEYS if k in model.state_dict()]
-    not_loaded = resampled | set(load.unexpected) | {n for n, _, _ in load.mismatched} | set(dropped_head)
-    report.loaded = sum(k not in not_loaded for k in state)
+    not_copied = not_loaded | resampled | set(converted)
+    report.loaded = sum(k not in not_copied for k in state)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------- VideoMamba image
+
+
+def videomamba_image_config(
+    state: dict[str, torch.Tensor], name: str | None = None, num_frames: int = 8, tubelet_size: int = 1, **overrides
+) -> VideoMAPConfig:
+    """The ``videomamba_*`` video config a VideoMamba ``image_sm`` state dict converts into.
+
+    Width, depth, patch size, image size (``pos_embed``), classes (``head``) and the Mamba fields are read off
+    the shapes as for a video checkpoint; ``num_frames`` and ``tubelet_size`` are the video model's, since an
+    image model has neither. ``overrides`` (e.g. ``img_size``, ``num_classes``) change fields on top.
+    """
+    _require(state, ("patch_embed.proj.weight", "pos_embed", "cls_token", "layers.0.mixer.A_log"),
+             "VideoMamba image_sm")
+    proj = state["patch_embed.proj.weight"]  # (D, C, p, p)
+    if proj.dim() != 4:
+        raise ValueError(f"patch_embed.proj.weight has shape {tuple(proj.shape)}; a VideoMamba image stem is a Conv2d")
+    return _videomamba_row(_videomamba_fields(state, tubelet_size, num_frames), name).replace(**overrides)
+
+
+def inflate_image_state(state: dict[str, torch.Tensor], tubelet_size: int, frames: int) -> dict[str, torch.Tensor]:
+    """An ``image_sm`` state dict in the layout of VideoMamba's video model, as its video fine-tuning builds it.
+
+    The ``Conv2d`` stem ``(D, C, p, p)`` becomes ``(D, C, tubelet_size, p, p)`` by centre inflation, and a
+    zero ``temporal_pos_embedding (1, frames, D)`` is added (``frames`` = the target's ``T'``). Everything
+    else, ``pos_embed (1, 1 + N, D)`` included, is kept as it is.
+    """
+    video = dict(state)
+    video["patch_embed.proj.weight"] = inflate_patch_embed(state["patch_embed.proj.weight"], tubelet_size, "centre")
+    pos = state["pos_embed"]
+    video["temporal_pos_embedding"] = torch.zeros(1, frames, pos.shape[-1], dtype=pos.dtype)
+    return video
+
+
+def convert_videomamba_image(
+    state: dict[str, torch.Tensor],
+    name: str | None = None,
+    num_frames: int = 8,
+    tubelet_size: int = 1,
+    strict: bool = True,
+    **overrides,
+) -> tuple[VideoMAP, ConversionReport]:
+    """A ``videomamba_*`` video model initialised from a VideoMamba ``image_sm`` state dict.
+
+    The stem is centre-inflated over the tubelet (:func:`inflate_patch_embed` ``"centre"``), the temporal
+    embedding starts at zero, ``pos_embed`` is resampled if the target grid differs, and every other tensor
+    is copied (the mixer names are the video model's; directions merged by sum). With ``num_frames=1`` and
+    ``tubelet_size=1`` the model computes the image model's logits on a ``(B, C, 1, H, W)`` input. The
+    classifier is kept unless ``num_classes`` asks for another. ``strict`` as in :func:`convert_videomamba`.
+    """
+    config = videomamba_image_config(state, name, num_frames, tubelet_size, **overrides)
+    model = VideoMAP(config)
+    frames = config.grid[0]
+    # The inflated checkpoint at the target's T' but the image's own spatial grid: loading then resamples
+    # exactly what the target changes.
+    source = videomamba_image_config(state, name, config.num_frames, config.tubelet_size)
+    load = load_state_dict_into(model, inflate_image_state(state, config.tubelet_size, frames), source=source,
+                                strict=strict)
+    stem = state["patch_embed.proj.weight"]
+    k = config.tubelet_size
+    inflated = {"patch_embed.proj.weight": (
+        f"patch_embed.proj.weight: Conv2d {tuple(stem.shape)} inflated to Conv3d over {k} frame(s), the 2-D "
+        f"kernel in frame {k // 2} of each tubelet and zeros elsewhere"
+    )}
+    report = _report_from_load("videomamba_image", config, model, state, load, converted=inflated)
+    report.initialised.append("temporal_pos_embedding")
+    report.notes.append(
+        f"temporal_pos_embedding ({frames} steps) zero-initialised: an image model has no time axis, so every "
+        "frame starts with the same positions"
+    )
+    if "head.weight" in state and not load.head_reinitialised:
+        report.notes.append(
+            f"the image classifier ({config.num_classes} classes) is kept; pass num_classes / --num-classes for a "
+            "fresh head to fine-tune"
+        )
     return model, report
 
 
@@ -248,13 +393,21 @@ def map_schedule(depth: int, num_blocks: int, every: int = 3) -> str:
     return "".join(out)
 
 
-def inflate_patch_embed(weight_2d: torch.Tensor, tubelet_size: int) -> torch.Tensor:
+def inflate_patch_embed(weight_2d: torch.Tensor, tubelet_size: int, mode: str = "average") -> torch.Tensor:
     """``Conv2d`` weight ``(D, C, p, p)`` → ``Conv3d`` weight ``(D, C, tubelet, p, p)``.
 
-    The 2-D kernel is repeated over the tubelet's frames and divided by their number, so on a clip of
-    identical frames the 3-D convolution gives exactly the image model's patch embedding.
+    ``"average"``: the 2-D kernel repeated over the tubelet's frames and divided by their number, so on a
+    clip of identical frames the 3-D convolution gives exactly the image model's patch embedding.
+    ``"centre"``: the 2-D kernel in frame ``tubelet // 2`` and zeros in the others (VideoMamba's video
+    fine-tuning), so each tubelet's token is the image stem applied to that one frame.
     """
-    return weight_2d.unsqueeze(2).repeat(1, 1, tubelet_size, 1, 1) / tubelet_size
+    if mode == "average":
+        return weight_2d.unsqueeze(2).repeat(1, 1, tubelet_size, 1, 1) / tubelet_size
+    if mode == "centre":
+        weight_3d = weight_2d.new_zeros(*weight_2d.shape[:2], tubelet_size, *weight_2d.shape[2:])
+        weight_3d[:, :, tubelet_size // 2] = weight_2d
+        return weight_3d
+    raise ValueError(f"mode must be one of {INFLATE_MODES}, got {mode!r}")
 
 
 def default_map_heads(embed_dim: int) -> int:
@@ -308,6 +461,25 @@ def map_config(
             fields["qkv_bias"] = "blocks.0.attn.qkv.bias" in state
         config = VideoMAPConfig(**fields)
     return config.replace(**overrides)
+
+
+def _head_count_note(config: VideoMAPConfig, declared: int | None) -> str | None:
+    """A note when the target's attention splits the checkpoint's qkv weights into another number of heads.
+
+    The checkpoint's count is ``declared`` (``num_heads``) or, undeclared, MAP's default for its width.
+    """
+    source_heads = declared or default_map_heads(config.embed_dim)
+    if source_heads == config.num_heads:
+        return None
+    how = "as declared" if declared else "assumed: MAP's default, the weights do not record it"
+    target = config.name or "the target"
+    # Same tensor shapes, other grouping: nothing fails, so only the report can tell.
+    return (
+        f"attention heads changed: the checkpoint's blocks have {source_heads} heads ({how}), {target} has "
+        f"{config.num_heads} heads; the qkv and proj weights load unchanged but are split into other heads, so the "
+        f"attention layers compute another function (pass num_heads / --num-heads {source_heads} to keep "
+        f"{source_heads} heads)"
+    )
 
 
 def convert_map(
@@ -404,6 +576,10 @@ def convert_map(
             f"num_heads={config.num_heads} assumed (attention weights do not record it; MAP's default is "
             f"{MAP_NUM_HEADS}); pass num_heads / --num-heads if the checkpoint used another"
         )
+    if attn_slots and _count_indexed(state, "blocks."):
+        note = _head_count_note(config, num_heads)
+        if note:
+            report.notes.append(note)
     model.load_state_dict({**target, **new})
     return model, report
 
@@ -425,27 +601,39 @@ def convert_checkpoint(
     (``config.json`` + ``model.safetensors`` + ``conversion.json``, the report).
 
     Args:
-        source: ``"videomamba"``, ``"map"`` or ``"auto"`` (from the keys).
+        source: ``"videomamba"``, ``"videomamba_image"``, ``"map"`` or ``"auto"`` (from the keys).
         name: the registered row to build (default: inferred for VideoMamba, MAP's own layout for MAP).
         trust_pickle: allow arbitrary pickled objects (never needed for plain state dicts).
-        strict: VideoMamba only: refuse keys that do not fit instead of reporting them.
-        options: :func:`convert_videomamba` overrides, or :func:`convert_map` ``num_frames``,
-            ``tubelet_size``, ``num_heads`` and overrides.
+        strict: VideoMamba (video or image) only: refuse keys that do not fit instead of reporting them.
+        options: :func:`convert_videomamba` overrides; :func:`convert_videomamba_image` ``num_frames``,
+            ``tubelet_size`` and overrides; or :func:`convert_map` ``num_frames``, ``tubelet_size``,
+            ``num_heads`` and overrides.
     """
     state = read_upstream_checkpoint(src, trust_pickle=trust_pickle)
     kind = detect_source(state) if source == "auto" else source
     if kind not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES} or 'auto', got {source!r}")
+    _check_options(kind, options)
     if kind == "videomamba":
-        map_only = sorted(set(options) & {"tubelet_size", "num_heads"})
-        if map_only:
-            raise ValueError(f"{', '.join(map_only)} apply to MAP checkpoints only (a VideoMamba stem is kept as it is)")
         model, report = convert_videomamba(state, name, strict=strict, **options)
+    elif kind == "videomamba_image":
+        model, report = convert_videomamba_image(state, name, strict=strict, **options)
     else:
         model, report = convert_map(state, name, **options)
     if out_dir is not None:
         save_converted(model, report, out_dir, overwrite=overwrite)
     return model, report
+
+
+def _check_options(kind: str, options: dict) -> None:
+    """Refuse options that mean nothing for the source ``kind``, naming the first one."""
+    if "num_heads" in options and kind != "map":
+        raise ValueError(f"num_heads applies to MAP checkpoints only (a {kind} model has no attention layers)")
+    if "tubelet_size" in options and kind == "videomamba":
+        raise ValueError(
+            "tubelet_size applies to image checkpoints only (MAP, videomamba_image); a VideoMamba video stem is kept "
+            "as it is"
+        )
 
 
 def save_converted(model: VideoMAP, report: ConversionReport, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -474,7 +662,8 @@ def save_converted(model: VideoMAP, report: ConversionReport, out_dir: str | os.
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="videomap convert",
-        description="Convert a VideoMamba (video_sm) or image MAP checkpoint into a videomap model directory.",
+        description="Convert a VideoMamba (video_sm or image_sm) or image MAP checkpoint into a videomap model "
+                    "directory.",
     )
     parser.add_argument("src", help="upstream checkpoint (.pth/.pt/.bin/.safetensors)")
     parser.add_argument("out", help="output directory (config.json + model.safetensors + conversion.json)")
@@ -482,15 +671,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="checkpoint layout (default: detected from the keys)")
     parser.add_argument("--model", default=None,
                         help="registered model to build (default: inferred for VideoMamba; MAP's own layer layout for MAP)")
-    parser.add_argument("--num-frames", type=int, default=None, help="frames the model is built for")
+    parser.add_argument("--num-frames", type=int, default=None,
+                        help="frames the model is built for (image checkpoints: default 8)")
     parser.add_argument("--img-size", type=int, default=None, help="image size the model is built for")
-    parser.add_argument("--tubelet-size", type=int, default=None, help="MAP: frames per tubelet of the inflated stem")
+    parser.add_argument("--tubelet-size", type=int, default=None,
+                        help="image checkpoints (MAP, videomamba_image): frames per tubelet of the inflated stem")
     parser.add_argument("--num-heads", type=int, default=None, help=f"MAP: attention heads (MAP's default {MAP_NUM_HEADS})")
     parser.add_argument("--num-classes", type=int, default=None, help="classifier outputs (a new head if it differs)")
     parser.add_argument("--trust-pickle", action="store_true",
                         help="unpickle arbitrary objects (only for files from a source you trust)")
     parser.add_argument("--allow-partial", action="store_true",
-                        help="VideoMamba: report keys that do not fit instead of refusing")
+                        help="VideoMamba (video or image): report keys that do not fit instead of refusing")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     return parser
 
