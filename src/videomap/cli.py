@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("videomap.train.commands:finetune_main", "fine-tune a backbone for video classification"),
     "eval": ("videomap.train.commands:eval_main", "multi-view evaluation: top-1/top-5, per-class accuracy"),
     "extract": ("videomap.train.commands:extract_main", "per-video features into safetensors shards"),
+    "predict": ("videomap.train.commands:predict_main", "top-k classes of video files or folders"),
     "convert": ("videomap.models.convert:convert_main",
                 "VideoMamba / image MAP checkpoints -> a videomap model directory"),
     "list-models": ("videomap.cli:list_models_main", "the registered model names"),

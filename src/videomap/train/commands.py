@@ -1,10 +1,12 @@
-"""Entry points of ``videomap pretrain``, ``videomap finetune``, ``videomap eval`` and ``videomap extract``.
+"""Entry points of ``videomap pretrain``, ``finetune``, ``eval``, ``extract`` and ``predict``.
 
 Each takes the arguments after the subcommand: an optional ``--config RECIPE.yaml`` and any number of dotted
 overrides (``optim.lr=1e-4``), and returns an exit code (0 success, 1 a run that failed, 2 a bad command
 line). ``--help`` lists every config key the command reads, with its type, default and meaning.
 
-For ``eval`` and ``extract`` the frames and image size default to the model folder's own
+``predict`` also takes the videos (files or folders) and ``--topk K``.
+
+For ``eval``, ``extract`` and ``predict`` the frames and image size default to the model folder's own
 (``config.json``) unless the recipe or an override sets them, so ``videomap eval
 model.checkpoint=runs/x/best data.test=test.txt`` needs nothing else.
 """
@@ -23,7 +25,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from .config import Config, ConfigError, apply_overrides, config_from_dict, load_yaml_recipe, parse_overrides
 
-__all__ = ["pretrain_main", "finetune_main", "eval_main", "extract_main", "config_help"]
+__all__ = ["pretrain_main", "finetune_main", "eval_main", "extract_main", "predict_main", "config_help"]
 
 EXAMPLES = {
     "pretrain": """\
@@ -43,7 +45,15 @@ EXAMPLES = {
     "extract": """\
   videomap extract model.checkpoint=runs/pretrain/encoder data.test=videos.txt eval.pool=frame eval.layer=-2 \\
       eval.output_dir=features/""",
+    "predict": """\
+  videomap predict clip.mp4 videos/ model.checkpoint=runs/ft/best
+  videomap predict videos/ model.checkpoint=converted/ --topk 3 data.test_clips=4 data.test_crops=3 \
+      eval.output_dir=predictions/""",
 }
+
+# The usage line of commands that take more than a recipe and overrides.
+USAGE = {"predict": "videomap predict VIDEO_OR_FOLDER... model.checkpoint=DIR [--topk K] [--config RECIPE.yaml] "
+                    "[section.key=value ...]"}
 
 DESCRIPTIONS = {
     "pretrain": "Frame-wise masked autoregressive pretraining; writes OUTPUT/encoder/, checkpoints/last.pt "
@@ -54,6 +64,9 @@ DESCRIPTIONS = {
             "(top1, top5, mean_class_accuracy, num_videos, failed_videos), per-class CSV and a confusion matrix.",
     "extract": "Features per video (eval.pool cls|avg|frame at eval.layer) into safetensors shards with an "
                "index.csv (path, label, shard, key).",
+    "predict": "Top-k classes of each video (files, or folders searched recursively), softmax averaged over "
+               "data.test_clips x data.test_crops views; prints a table and writes predictions.json and "
+               "predictions.csv. A video that cannot be decoded is reported and the others go on.",
 }
 
 # Sections each command reads (the others are accepted, so one recipe serves every command).
@@ -62,6 +75,7 @@ SECTIONS = {
     "finetune": ("model", "data", "train", "optim", "finetune", "eval"),
     "eval": ("model", "data", "eval", "train"),
     "extract": ("model", "data", "eval", "train"),
+    "predict": ("model", "data", "eval", "train"),
 }
 
 
@@ -113,7 +127,8 @@ def config_help(sections: Sequence[str]) -> str:
 
 
 def _help(command: str) -> str:
-    return (f"usage: videomap {command} [--config RECIPE.yaml] [section.key=value ...]\n\n"
+    usage = USAGE.get(command, f"videomap {command} [--config RECIPE.yaml] [section.key=value ...]")
+    return (f"usage: {usage}\n\n"
             f"{DESCRIPTIONS[command]}\n\nexamples:\n{EXAMPLES[command]}\n\n"
             f"config keys (set them in the recipe or as section.key=value; the resolved config is saved with the "
             f"run):\n{config_help(SECTIONS[command])}\n")
@@ -226,3 +241,54 @@ def extract_main(argv: Sequence[str]) -> int:
         return run_extract(_with_checkpoint_sizes(cfg, explicit))
 
     return _run("extract", argv, job)
+
+
+def _split_predict_args(argv: Sequence[str]) -> Tuple[List[str], List[str], Optional[int]]:
+    """``(videos, recipe/override arguments, k)``: an argument with ``=`` that is not an existing file is
+    an override, anything else not an option is a video or a folder. ``k`` is ``None`` when ``--topk``
+    was not a positive whole number."""
+    videos: List[str] = []
+    rest: List[str] = []
+    k: Optional[int] = 5
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg in ("-k", "--topk") or arg.startswith("--topk="):
+            value = arg.split("=", 1)[1] if "=" in arg else (args.pop(0) if args else "")
+            k = int(value) if value.isdigit() and int(value) > 0 else None
+        elif arg in ("-c", "--config"):
+            rest += [arg] + ([args.pop(0)] if args else [])
+        elif arg.startswith("-") or ("=" in arg and not Path(arg).exists()):
+            rest.append(arg)
+        else:
+            videos.append(arg)
+    return videos, rest, k
+
+
+def predict_main(argv: Sequence[str]) -> int:
+    """``videomap predict VIDEO_OR_FOLDER... model.checkpoint=DIR [--topk K] [overrides]``."""
+    videos, rest, k = _split_predict_args(argv)
+    if "-h" in rest or "--help" in rest:
+        print(_help("predict"))
+        return 0
+    if k is None:
+        print("videomap predict: error: --topk takes a positive whole number", file=sys.stderr)
+        return 2
+    if not videos:
+        print(f"videomap predict: error: name at least one video or folder\nusage: {USAGE['predict']}",
+              file=sys.stderr)
+        return 2
+    outcome: Dict[str, object] = {}
+
+    def job(cfg: Config, explicit: Set[str]):
+        from .prediction import format_table, run_predict
+
+        result = run_predict(_with_checkpoint_sizes(cfg, explicit), videos, k=k)
+        print(format_table(result["predictions"]))
+        print(f"videomap predict: {result['num_videos'] - result['num_failed']} of {result['num_videos']} videos "
+              f"predicted; predictions.json and predictions.csv in {result['output_dir']}")
+        outcome.update(result)
+
+    code = _run("predict", rest, job)
+    # Every video failed: nothing was predicted, which a script should see.
+    return 1 if code == 0 and outcome.get("num_failed") == outcome.get("num_videos") else code
