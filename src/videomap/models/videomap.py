@@ -23,6 +23,7 @@ from ..layers import (
     resample_temporal_pos_embed,
     trunc_normal_,
 )
+from ..ops.allocator import tune_cpu_allocator
 from .config import GLOBAL_POOLS, VideoMAPConfig
 
 EMBEDDING_PARAMS = ("cls_token", "pos_embed", "temporal_pos_embedding")
@@ -186,6 +187,10 @@ class VideoMAP(nn.Module):
 
         tokens: ``(B, L, D)``, e.g. from :meth:`prepare_tokens` or a subset of it → ``(B, L, D)``.
         """
+        if tokens.device.type == "cpu":
+            # Large per-layer intermediates page-fault afresh under glibc's defaults; tune once, here, so a
+            # plain script is as fast as the command (VIDEOMAP_MALLOC_TUNING=0 opts out).
+            tune_cpu_allocator()
         x = self._stream(tokens)
         for layer in self.layers:
             x = self._run_layer(layer, x)

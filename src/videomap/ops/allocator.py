@@ -5,10 +5,14 @@ intermediate of a Mamba layer page-faults anew on every call; on the project's m
 per MiB. Raising the mmap threshold only helps up to glibc's 32 MiB ceiling, which a 64-frame sequence's
 (1, 768, 12545) float32 tensors (38 MiB) already exceed, so large allocations are taken from the heap
 instead (``M_MMAP_MAX = 0``) and freed memory is kept for reuse (a high trim threshold). At 64 frames this
-made a Mamba layer 2.5× faster (0.33 → 0.135 s). It is a process-wide setting, so the library never applies
-it on import: the ``videomap`` command and the benchmarks call :func:`tune_cpu_allocator`, and scripts may
-too; set ``VIDEOMAP_MALLOC_TUNING=0`` to leave glibc's defaults (or ``LD_PRELOAD`` a caching allocator
-such as tcmalloc instead). :func:`release_free_memory` hands the retained pages back.
+made a Mamba layer 2.5× faster (0.33 → 0.135 s).
+
+It is a process-wide setting, so it is never applied on import. It is applied when it starts to matter: the
+first time a model runs on CPU tensors (:meth:`videomap.models.VideoMAP.forward_tokens` calls
+:func:`tune_cpu_allocator`), so a script that does ``model(x)`` runs as fast as the ``videomap`` command,
+which applies it at start-up. ``VIDEOMAP_MALLOC_TUNING=0`` leaves glibc's defaults everywhere (e.g. to
+``LD_PRELOAD`` a caching allocator such as tcmalloc instead, or in a host process that manages memory
+itself). :func:`release_free_memory` hands the retained pages back.
 """
 
 from __future__ import annotations
@@ -47,6 +51,11 @@ def tune_cpu_allocator() -> bool:
                     and mallopt(_M_TRIM_THRESHOLD, 2**30) and mallopt(_M_TOP_PAD, 64 * 2**20))
     log.debug("glibc allocator thresholds raised: %s", _applied)
     return _applied
+
+
+def cpu_allocator_tuned() -> bool:
+    """Whether :func:`tune_cpu_allocator` has changed glibc's thresholds in this process."""
+    return bool(_applied)
 
 
 def release_free_memory() -> None:
