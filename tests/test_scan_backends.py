@@ -1,8 +1,12 @@
 """Every fast backend against the reference scan: forward, every gradient, chunked state passing, dtypes."""
 
+import importlib.util
+
 import pytest
 import torch
+import torch.nn.functional as F
 
+from videomap.ops import backend as ops_backend
 from videomap.ops import resolve_backend, scan_backend, selective_scan, selective_scan_reference
 from videomap.ops.backend import cuda_kernel_available
 from scan_cases import make_inputs, max_rel_error
@@ -13,6 +17,9 @@ BACKENDS = [
     pytest.param("cpu", "cpu", id="cpu"),
     pytest.param("cuda", "cuda", id="cuda", marks=pytest.mark.skipif(
         not cuda_kernel_available(), reason="needs CUDA and mamba_ssm")),
+    # On CPU tensors the Triton kernels are tested under the interpreter in test_ops_triton.py.
+    pytest.param("triton", "cuda", id="triton", marks=pytest.mark.skipif(
+        not torch.cuda.is_available() or importlib.util.find_spec("triton") is None, reason="needs CUDA and triton")),
 ]
 
 SHAPES = [  # batch, channels, state, length, B/C layout, groups
@@ -91,18 +98,36 @@ def test_backend_gradcheck(backend, device):
     assert torch.autograd.gradcheck(fn, tensors)
 
 
-def _flipped(args):
-    """The inputs with every time-indexed tensor flipped along L (constant (E, N) projections unchanged)."""
-    return {k: (v.flip(-1) if v is not None and v.dim() >= 3 and k != "initial_state" else v) for k, v in args.items()}
+def _reverse_recurrence(u, delta, A, B, C, D, z, delta_bias, initial_state):
+    """The reverse scan written out step by step, independently of every backend: the state runs from
+    t = L - 1 down to t = 0 (softplus on; D, z, delta_bias given). Differentiable; returns (out, h_0)."""
+    batch, channels, length = u.shape
+
+    def at(M, t):  # the projection every channel reads at position t: (B or 1, E, N)
+        if M.dim() == 2:
+            return M[None]
+        if M.dim() == 3:
+            return M[:, None, :, t]
+        return M[:, :, :, t].repeat_interleave(channels // M.shape[1], dim=1)
+
+    h = initial_state if initial_state is not None else u.new_zeros(batch, channels, A.shape[1])
+    out = [None] * length
+    for t in range(length - 1, -1, -1):
+        step = F.softplus(delta[:, :, t] + delta_bias)
+        h = torch.exp(step[..., None] * A) * h + (step * u[:, :, t])[..., None] * at(B, t)
+        y = (h * at(C, t)).sum(-1) + D * u[:, :, t]
+        out[t] = y * F.silu(z[:, :, t])
+    return torch.stack(out, dim=-1), h
 
 
 @pytest.mark.parametrize("backend, device", [pytest.param("reference", "cpu", id="reference"), *BACKENDS])
 @pytest.mark.parametrize("dtype, fwd_tol, grad_tol", [(torch.float32, 1e-4, 1e-3), (torch.float64, 1e-10, 1e-9)],
                          ids=["fp32", "fp64"])
 @pytest.mark.parametrize("shape", SHAPES[1:], ids=lambda s: "x".join(map(str, s)))
-def test_reverse_scan_is_the_scan_of_the_flipped_sequence(backend, device, dtype, fwd_tol, grad_tol, shape):
-    """``reverse=True`` equals flipping every time-indexed input, scanning, and flipping the output back;
-    every gradient is that of the flipped formulation, flipped back."""
+def test_reverse_scan_matches_a_reverse_recurrence(backend, device, dtype, fwd_tol, grad_tol, shape):
+    """``reverse=True`` equals the recurrence run from the last position to the first (a plain loop in this
+    test, which equals flipping every time-indexed input, scanning and flipping back), forward and every
+    gradient."""
     if backend == "cuda" and dtype == torch.float64:
         pytest.skip("mamba_ssm's kernel has no float64")
     batch, channels, state, length, bc, groups = shape
@@ -113,11 +138,7 @@ def test_reverse_scan_is_the_scan_of_the_flipped_sequence(backend, device, dtype
         out, last = selective_scan(**kw, delta_softplus=True, return_last_state=True,
                                    initial_state=leaves["initial_state"], reverse=True)
     ref_leaves = {k: (v.clone().requires_grad_() if v is not None else None) for k, v in args.items()}
-    flipped = _flipped(ref_leaves)
-    ref_out, ref_last = selective_scan_reference(
-        **{k: v for k, v in flipped.items() if k != "initial_state"}, delta_softplus=True, return_last_state=True,
-        initial_state=flipped["initial_state"])
-    ref_out = ref_out.flip(-1)
+    ref_out, ref_last = _reverse_recurrence(**ref_leaves)
     assert max_rel_error(out.cpu(), ref_out) <= fwd_tol
     assert max_rel_error(last.cpu(), ref_last) <= fwd_tol
     weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(2), dtype=dtype)
@@ -192,6 +213,44 @@ def test_auto_selects_a_backend_and_env_var_is_honoured(monkeypatch):
     assert resolve_backend(torch.device("cpu"), torch.float32) == "reference"
     with scan_backend("cpu"):  # the context manager wins over the environment
         assert resolve_backend(torch.device("cpu"), torch.float32) == "cpu"
+
+
+def test_auto_order_per_device(monkeypatch):
+    """CUDA tensors: mamba_ssm, then Triton, then the reference; CPU tensors: the C++ kernel, then the
+    reference (never Triton)."""
+    monkeypatch.delenv("VIDEOMAP_SCAN_BACKEND", raising=False)
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(ops_backend, "cuda_kernel_available", lambda: True)
+    monkeypatch.setattr(ops_backend, "_triton_import_error", lambda: None)
+    assert resolve_backend(cuda, torch.float32) == "cuda"
+    assert resolve_backend(cuda, torch.float32, needs_initial_state=True) == "triton"  # mamba_ssm has no h0
+    monkeypatch.setattr(ops_backend, "cuda_kernel_available", lambda: False)
+    assert resolve_backend(cuda, torch.float32) == "triton"
+    monkeypatch.setattr(ops_backend, "_triton_import_error", lambda: "triton is not importable")
+    assert resolve_backend(cuda, torch.float32) == "reference"
+    monkeypatch.setattr(ops_backend, "cpu_kernel_available", lambda: True)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(ops_backend, "_triton_import_error", lambda: None)
+    assert resolve_backend(torch.device("cpu"), torch.float32) == "cpu"
+    assert resolve_backend(torch.device("cpu"), torch.float32, op="conv") == "cpu"
+
+
+def test_backend_table_covers_every_backend_and_op():
+    for op in ops_backend.OPS:
+        for name in ops_backend.BACKENDS[1:]:
+            assert any(key[0] == op and key[2] == name for key in ops_backend.KERNELS), (op, name)
+    assert ops_backend.kernel("scan", "reference", "mps") is selective_scan_reference
+
+
+def test_forcing_triton_on_cpu_tensors_needs_the_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    args = {k: v for k, v in make_inputs().items() if k != "initial_state"}
+    with scan_backend("triton"), pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        selective_scan(**args)
+    with scan_backend("triton"), pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        from videomap.ops.causal_conv import causal_conv1d
+
+        causal_conv1d(torch.randn(1, 2, 5), torch.randn(2, 4))
 
 
 def test_forcing_cuda_on_cpu_tensors_is_an_error():

@@ -1,4 +1,4 @@
-"""Functional kernels. The only package that imports optional kernels (mamba_ssm, causal_conv1d)."""
+"""Functional kernels. The only package that imports optional kernels (mamba_ssm, causal_conv1d, triton)."""
 
 from .backend import BACKENDS, requested_backend, resolve_backend, scan_backend
 from .scan_reference import selective_scan_reference

@@ -3,34 +3,33 @@
 ``out[b, e, t] = bias[e] + sum_k weight[e, k] * x[b, e, t - (K - 1) + k]`` with zeros before ``t = 0``,
 optionally followed by SiLU. ``reverse=True`` gives the convolution of the time-flipped sequence, flipped
 back: ``x[b, e, t + (K - 1) - k]``, zeros after ``t = L - 1`` (the backward direction of a bidirectional
-Mamba, without flipped copies on the CPU). The reference path is ``F.conv1d``; on CUDA the ``causal_conv1d`` package's
-fused kernel is used when it imports; on the CPU a small C++ kernel built with the selective scan (oneDNN's
-depthwise convolution over long rows was ~10x slower here). The CPU kernel is skipped when the scan backend
-is ``reference``, so that setting gives a fully readable model.
+Mamba, without flipped copies on the CPU and in Triton). The backend follows the selective scan's table
+(:mod:`videomap.ops.backend`): the reference is ``F.conv1d``; on the CPU a small C++ kernel built with the
+selective scan (oneDNN's depthwise convolution over long rows was ~10x slower here); on CUDA the
+``causal_conv1d`` package's fused kernel when it imports, else the Triton kernel
+(:mod:`videomap.ops.causal_conv_triton`). ``reference`` gives a fully readable model.
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
-ACTIVATIONS = (None, "silu")
+from .backend import implementation
+from .scan_checks import CONV_ACTIVATIONS as ACTIVATIONS
+from .scan_checks import check_conv_args
 
-_cuda_fn = None
-_cuda_checked = False
 
-
-def _cuda_kernel():
+@functools.lru_cache(maxsize=1)
+def cuda_conv_kernel():
     """``causal_conv1d.causal_conv1d_fn`` or ``None``; imported once, on first CUDA use."""
-    global _cuda_fn, _cuda_checked
-    if not _cuda_checked:
-        _cuda_checked = True
-        try:
-            from causal_conv1d import causal_conv1d_fn
-        except Exception:  # a broken install can raise more than ImportError (missing .so, triton, ...)
-            causal_conv1d_fn = None
-        _cuda_fn = causal_conv1d_fn
-    return _cuda_fn
+    try:
+        from causal_conv1d import causal_conv1d_fn
+    except Exception:  # a broken install can raise more than ImportError (missing .so, triton, ...)
+        return None
+    return causal_conv1d_fn
 
 
 def _cuda_autocast_dtype() -> torch.dtype | None:
@@ -91,11 +90,24 @@ class _CausalConv1dCPU(torch.autograd.Function):
         return dx, dweight, dbias if ctx.has_bias else None, None
 
 
-def _use_cpu_kernel(x: torch.Tensor) -> bool:
-    from .backend import requested_backend
-    from .scan_cpu import cpu_kernel_available
+def causal_conv1d_cpu(x, weight, bias=None, activation=None, reverse=False):
+    """The ``cpu`` entry of the backend table. The kernel computes in fp32 (fp64 for fp64 inputs), also under
+    bf16 autocast, and returns that dtype."""
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    out = _CausalConv1dCPU.apply(x.to(dtype).contiguous(), weight.to(dtype).contiguous(),
+                                 None if bias is None else bias.to(dtype).contiguous(), bool(reverse))
+    return F.silu(out) if activation == "silu" else out
 
-    return x.device.type == "cpu" and requested_backend() != "reference" and cpu_kernel_available()
+
+def causal_conv1d_cuda(x, weight, bias=None, activation=None, reverse=False):
+    """The ``cuda`` entry of the backend table: the causal_conv1d package (no reverse mode: flipped copies)."""
+    if reverse:
+        return causal_conv1d_cuda(x.flip(-1), weight, bias, activation).flip(-1)
+    dtype = _cuda_autocast_dtype()
+    if dtype is not None:
+        # The fused kernel is not autocast-aware: give it what F.conv1d would have run in.
+        x = x.to(dtype)
+    return cuda_conv_kernel()(x.contiguous(), weight.contiguous(), bias, activation=activation)
 
 
 def causal_conv1d(
@@ -112,31 +124,12 @@ def causal_conv1d(
         weight: ``(E, K)`` (an ``nn.Conv1d(E, E, K, groups=E)`` weight with its middle axis squeezed).
         bias: ``(E,)`` or ``None``.
         activation: ``None`` or ``"silu"``.
-        reverse: anti-causal, i.e. the causal convolution of ``x.flip(-1)`` flipped back (no copies on the CPU).
+        reverse: anti-causal, i.e. the causal convolution of ``x.flip(-1)`` flipped back (no copies on the CPU
+            and in Triton).
 
     Returns:
-        ``(B, E, L)`` in the dtype the convolution runs in (``x``'s, or the autocast dtype).
+        ``(B, E, L)`` in the dtype the convolution runs in: ``x``'s or the autocast dtype (the CPU kernel:
+        fp32, fp64 for fp64 inputs).
     """
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"causal_conv1d: activation must be one of {ACTIVATIONS}, got {activation!r}")
-    if x.dim() != 3 or weight.dim() != 2 or weight.shape[0] != x.shape[1]:
-        raise ValueError(
-            f"causal_conv1d: expected x (B, E, L) and weight (E, K), got {tuple(x.shape)} and {tuple(weight.shape)}"
-        )
-    if x.is_cuda:
-        kernel = _cuda_kernel()
-        if kernel is not None and reverse:
-            return causal_conv1d(x.flip(-1), weight, bias, activation).flip(-1)
-        if kernel is not None:
-            dtype = _cuda_autocast_dtype()
-            if dtype is not None:
-                # The fused kernel is not autocast-aware: give it what F.conv1d would have run in.
-                x = x.to(dtype)
-            return kernel(x.contiguous(), weight.contiguous(), bias, activation=activation)
-    elif _use_cpu_kernel(x):
-        # The kernel computes in fp32 (fp64 for fp64 inputs), also under bf16 autocast.
-        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        out = _CausalConv1dCPU.apply(x.to(dtype).contiguous(), weight.to(dtype).contiguous(),
-                                     None if bias is None else bias.to(dtype).contiguous(), bool(reverse))
-        return F.silu(out) if activation == "silu" else out
-    return causal_conv1d_reference(x, weight, bias, activation, reverse)
+    check_conv_args(x, weight, bias, activation)
+    return implementation("conv", x.device, x.dtype)(x, weight, bias, activation, reverse)

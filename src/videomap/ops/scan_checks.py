@@ -1,4 +1,5 @@
-"""Argument validation and layout helpers shared by every selective-scan backend."""
+"""Argument validation and layout helpers shared by every backend of the selective scan and the causal conv:
+the public functions validate here once, so the kernels in the backend table receive well-formed arguments."""
 
 from __future__ import annotations
 
@@ -61,6 +62,22 @@ def check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state) -> None:
             raise ValueError(f"selective_scan: `{name}` is on {t.device} but `u` is on {u.device}")
         if t is not None and not t.is_floating_point():
             raise TypeError(f"selective_scan: `{name}` must be floating point, got {t.dtype}")
+
+
+CONV_ACTIVATIONS = (None, "silu")
+
+
+def check_conv_args(x, weight, bias, activation) -> None:
+    """Raise a clear ``ValueError`` for causal-conv arguments outside ``x (B, E, L)``, ``weight (E, K)``,
+    ``bias (E,)``, ``activation in (None, "silu")``."""
+    if activation not in CONV_ACTIVATIONS:
+        raise ValueError(f"causal_conv1d: activation must be one of {CONV_ACTIVATIONS}, got {activation!r}")
+    if x.dim() != 3 or weight.dim() != 2 or weight.shape[0] != x.shape[1]:
+        raise ValueError(
+            f"causal_conv1d: expected x (B, E, L) and weight (E, K), got {tuple(x.shape)} and {tuple(weight.shape)}"
+        )
+    if bias is not None and tuple(bias.shape) != (x.shape[1],):
+        raise ValueError(f"causal_conv1d: `bias` must have shape (E={x.shape[1]},), got {tuple(bias.shape)}")
 
 
 def expand_to_channels(BC: torch.Tensor, channels: int, length: int, dtype: torch.dtype) -> torch.Tensor:

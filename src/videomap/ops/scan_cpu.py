@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .scan_checks import flip_time
+from .scan_checks import as_grouped, compute_dtype, flip_time
 
 _CSRC = Path(__file__).resolve().parent / "csrc"
 # One extension holds every CPU kernel: the scan and the causal conv in front of it.
@@ -216,4 +216,25 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, initi
                                    bool(reverse))
 
 
-__all__ = ["build", "cpu_kernel_available", "cpu_kernel_error", "load_cpu_kernel", "selective_scan_cpu"]
+def selective_scan_cpu_backend(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                               return_last_state=False, *, initial_state=None, reverse=False):
+    """The ``cpu`` entry of the backend table: :func:`videomap.ops.selective_scan`'s contract on top of
+    :func:`selective_scan_cpu` (inputs cast to the compute dtype, B/C in the grouped layout)."""
+    in_dtype = u.dtype
+    dt = compute_dtype(in_dtype)
+    batch, channels, length = u.shape
+
+    def cast(t):
+        return None if t is None else t.to(dt).contiguous()
+
+    out, last_state = selective_scan_cpu(
+        cast(u), cast(delta), cast(A),
+        as_grouped(B, batch, channels, length, dt), as_grouped(C, batch, channels, length, dt),
+        cast(D), cast(z), cast(delta_bias), cast(initial_state), delta_softplus, reverse=reverse,
+    )
+    out = out.to(in_dtype)
+    return (out, last_state) if return_last_state else out
+
+
+__all__ = ["build", "cpu_kernel_available", "cpu_kernel_error", "load_cpu_kernel", "selective_scan_cpu",
+           "selective_scan_cpu_backend"]

@@ -7,7 +7,8 @@ Semantics are those of mamba_ssm's ``selective_scan_ref`` for real ``A``::
     y_t     = <C_t, h_t> + D * u_t
     out_t   = y_t * silu(z_t)                           (when z is given)
 
-with ``h_{-1} = 0`` (or ``initial_state``). Everything runs in :func:`compute_dtype` (fp32, or fp64 for fp64
+with ``h_{-1} = 0`` (or ``initial_state``); ``reverse=True`` runs the same recurrence from ``t = L - 1`` down
+to ``t = 0``. Everything runs in :func:`compute_dtype` (fp32, or fp64 for fp64
 inputs) and the output is cast back to ``u.dtype``.
 """
 
@@ -32,16 +33,18 @@ def selective_scan_reference(
     return_last_state: bool = False,
     *,
     initial_state: torch.Tensor | None = None,
+    reverse: bool = False,
 ):
     """Sequential selective scan (autograd-differentiable).
 
     Args:
         u, delta: ``(B, E, L)``. A: ``(E, N)`` real. B, C: ``(B, N, L)``, grouped ``(B, G, N, L)``, or
         constant ``(E, N)``. D, delta_bias: ``(E,)``. z: ``(B, E, L)``. initial_state: ``(B, E, N)``.
+        reverse: visit the positions from the last to the first.
 
     Returns:
-        ``out (B, E, L)`` in ``u.dtype``; with ``return_last_state`` also ``h_{L-1} (B, E, N)`` in the
-        compute dtype.
+        ``out (B, E, L)`` in ``u.dtype``; with ``return_last_state`` also the state after the last step
+        visited (``h_{L-1}``, or ``h_0`` when ``reverse``) ``(B, E, N)`` in the compute dtype.
     """
     in_dtype = u.dtype
     dt = compute_dtype(in_dtype)
@@ -64,11 +67,11 @@ def selective_scan_reference(
         h = u.new_zeros(batch, channels, A.shape[1])
     else:
         h = initial_state.to(dt)
-    ys = []
-    for t in range(length):
+    ys: list[torch.Tensor | None] = [None] * length
+    for t in (range(length - 1, -1, -1) if reverse else range(length)):
         decay = torch.exp(delta_steps[t][..., None] * A)  # (B, E, N)
         h = decay * h + (delta_steps[t] * u_steps[t])[..., None] * b_steps[t]
-        ys.append((h * c_steps[t]).sum(-1))
+        ys[t] = (h * c_steps[t]).sum(-1)
     y = torch.stack(ys, dim=-1) if length else u.new_zeros(batch, channels, 0)
     if D is not None:
         y = y + u * D.to(dt)[:, None]

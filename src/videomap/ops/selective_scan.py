@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .backend import resolve_backend
-from .scan_checks import as_grouped, check_scan_args, compute_dtype, flip_time
-from .scan_reference import selective_scan_reference
+from .backend import implementation
+from .scan_checks import check_scan_args
 
 
 def selective_scan(
@@ -39,8 +38,8 @@ def selective_scan(
             state it lets a long sequence be scanned in chunks. Not part of mamba_ssm's signature.
         reverse: run the recurrence from the last position to the first, i.e. the scan of every
             time-indexed input flipped along L, with the output flipped back; the returned last state is
-            the state after position 0. The CPU kernel reads and writes in reverse without flipped copies;
-            the other backends flip. This is how the backward direction of a bidirectional Mamba runs. Not
+            the state after position 0. The CPU and Triton kernels read and write in reverse without flipped
+            copies; the others flip. This is how the backward direction of a bidirectional Mamba runs. Not
             part of mamba_ssm's signature.
 
     Returns:
@@ -48,36 +47,10 @@ def selective_scan(
         the state is in the compute dtype (fp32, fp64 for fp64 inputs).
 
     The backend comes from :func:`videomap.ops.scan_backend` or ``$VIDEOMAP_SCAN_BACKEND``
-    (``auto|reference|cpu|cuda``); every backend computes in fp32 (fp64 for fp64 inputs).
+    (``auto|reference|cpu|triton|cuda``, see :mod:`videomap.ops.backend`); every backend computes in fp32
+    (fp64 for fp64 inputs).
     """
     check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state)
-    backend = resolve_backend(u.device, u.dtype, needs_initial_state=initial_state is not None)
-    if reverse and backend != "cpu":
-        result = selective_scan(flip_time(u), flip_time(delta), A, flip_time(B), flip_time(C), D, flip_time(z),
-                                delta_bias, delta_softplus, return_last_state, initial_state=initial_state)
-        return (result[0].flip(-1), result[1]) if return_last_state else result.flip(-1)
-    if backend == "reference":
-        return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
-                                        initial_state=initial_state)
-    if backend == "cuda":
-        from .scan_cuda import selective_scan_cuda
-
-        return selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-
-    from .scan_cpu import selective_scan_cpu
-
-    in_dtype = u.dtype
-    dt = compute_dtype(in_dtype)
-    batch, channels, length = u.shape
-
-    def cast(t):
-        return None if t is None else t.to(dt).contiguous()
-
-    out, last_state = selective_scan_cpu(
-        cast(u), cast(delta), cast(A),
-        as_grouped(B, batch, channels, length, dt), as_grouped(C, batch, channels, length, dt),
-        cast(D), cast(z), cast(delta_bias), cast(initial_state), delta_softplus, reverse=reverse,
-    )
-    out = out.to(in_dtype)
-    return (out, last_state) if return_last_state else out
-
+    run = implementation("scan", u.device, u.dtype, initial_state is not None)
+    return run(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state=initial_state,
+               reverse=reverse)
