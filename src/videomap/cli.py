@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("videomap.models.convert:convert_main",
                 "VideoMamba / image MAP checkpoints -> a videomap model directory"),
     "list-models": ("videomap.cli:list_models_main", "the registered model names"),
-    "bench": ("videomap.cli:bench_main", "benchmarks: scan, backbone, encoder, gpu, entry"),
+    "bench": ("videomap.cli:bench_main", "benchmarks: scan, backbone, encoder, gpu, entry, data"),
     "demo": ("videomap.demo:demo_main",
              "the main job: pretrain on real clips, fine-tune on few labels, compare with scratch"),
 }
@@ -31,6 +31,7 @@ BENCHMARKS: dict[str, str] = {
     "encoder": "videomap.bench.encoder:main",
     "gpu": "videomap.bench.gpu:main",
     "entry": "videomap.bench.entry:main",
+    "data": "videomap.bench.data:main",
 }
 
 
