@@ -383,3 +383,38 @@ def test_single_process_runtime(monkeypatch):
     rt.close()
     with pytest.raises(ValueError, match="fp32"):
         Runtime.from_env(device="cpu", precision="fp16")
+
+
+def _mismatched_metrics_worker(rank, world_size, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+
+    def rank_dependent_step(model, batch):
+        out = step_fn(model, batch)
+        return out if rank == 0 else {"loss": out["loss"]}   # rank 1 leaves out "acc"
+
+    with Runtime.from_env(device="cpu") as rt:
+        try:
+            make_trainer(make_cfg(out, "train.max_steps=2"), runtime=rt, stochastic=False,
+                         step=rank_dependent_step).fit()
+        except RuntimeError as e:
+            Path(out, f"error{rank}.txt").write_text(str(e))
+
+
+def test_ddp_metrics_that_differ_between_processes_are_an_error_not_a_hang(tmp_path):
+    import time
+
+    import torch.multiprocessing as mp
+
+    ctx = mp.start_processes(_mismatched_metrics_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2,
+                             join=False, start_method="spawn")
+    deadline = time.time() + 60
+    while not ctx.join(timeout=1):
+        if time.time() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("the processes hung averaging metrics with different names")
+    for rank in (0, 1):
+        message = (tmp_path / f"error{rank}.txt").read_text()
+        assert "rank 0: acc, grad_norm, loss; rank 1: grad_norm, loss" in message

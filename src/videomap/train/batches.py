@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import signal
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -71,6 +72,17 @@ def collate_skip_none(samples: Sequence[Any]) -> Any:
     if not kept:
         raise RuntimeError(f"none of the {len(samples)} samples of a batch could be loaded")
     return default_collate(kept)
+
+
+def _ignore_sigterm(worker_id: int) -> None:
+    """``worker_init_fn`` of every loader worker: SIGTERM is the training process's to handle.
+
+    A scheduler stopping a job sends SIGTERM to the whole process group, loader workers included. The
+    training process then finishes its step and saves a checkpoint; a worker that died of the signal
+    first would make the loader raise in the middle of that step instead. The workers are shut down by
+    the training process when it lets go of the loader (or notice that it is gone).
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class _SeededItems(Dataset):
@@ -180,5 +192,6 @@ class ResumableBatches:
             # An explicit generator: creating the iterator must not draw from the global RNG, or a resumed
             # run (which creates it at another moment) would drift from an uninterrupted one.
             generator=torch.Generator().manual_seed(self.seed),
+            worker_init_fn=_ignore_sigterm if self.num_workers > 0 else None,
             **kwargs,
         )

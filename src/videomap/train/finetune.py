@@ -21,9 +21,11 @@
   the final weights. After training, ``data.test`` (when set) is evaluated with multi-view testing from
   ``best/`` into ``OUTPUT/eval/``.
 
-Undecodable training videos are skipped and counted (never replaced by another sample). Under DDP a process
-whose micro-batch lost every video still runs a forward and backward pass (with a zero loss over every
-parameter), because DDP's gradient all-reduce needs every process to take part in every step.
+Undecodable training videos are skipped and counted (never replaced by another sample). A step's gradient is
+the mean over the clips that decoded, on every process together (:meth:`Runtime.loss_share
+<videomap.train.runtime.Runtime.loss_share>`). Under DDP a process whose micro-batch lost every video still
+runs a forward and backward pass (with a zero loss over every parameter), because DDP's gradient all-reduce
+needs every process to take part in every step; its share of the mean is zero.
 """
 
 from __future__ import annotations
@@ -197,6 +199,10 @@ class ModelEMA(Callback):
 
     The decay ramps up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so that a short run's
     average is not dominated by the initial weights. Its state is checkpointed, so resuming continues it.
+
+    The average starts from the weights training starts from (``on_train_start``), not from the module
+    given here: under DDP each process built its own random initialisation, and only once the trainer has
+    wrapped the model have rank 0's weights been broadcast to every process.
     """
 
     name = "ema"
@@ -207,9 +213,13 @@ class ModelEMA(Callback):
         for p in self.module.parameters():
             p.requires_grad_(False)
         self.updates = 0
+        self._restored = False
 
     def on_train_start(self, trainer: Trainer) -> None:
         self.module.to(trainer.runtime.device)
+        if not self._restored:
+            # A resumed average is already right; a fresh one must start from the broadcast weights.
+            self.module.load_state_dict(trainer.model.state_dict())
 
     @torch.no_grad()
     def on_step_end(self, trainer: Trainer, metrics: Mapping[str, Any]) -> None:
@@ -227,6 +237,7 @@ class ModelEMA(Callback):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.module.load_state_dict(state["weights"])
         self.updates = int(state["updates"])
+        self._restored = True
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
@@ -362,12 +373,17 @@ class FinetuneStep:
 
     Mixup draws ``lam`` and the box from a generator seeded by ``(seed, rank, epoch, micro-batch)``, read
     from the trainer, so a resumed run mixes exactly as the uninterrupted one did.
+
+    The loss is scaled by :meth:`Runtime.loss_share <videomap.train.runtime.Runtime.loss_share>`, so that a
+    step's gradient is the mean over the clips that decoded on all processes together; a process whose
+    clips all failed adds nothing instead of diluting the others' gradient.
     """
 
-    def __init__(self, cfg: Config, num_classes: int, failures: FailureCounter, rank: int = 0):
+    def __init__(self, cfg: Config, num_classes: int, failures: FailureCounter, runtime: Runtime | None = None):
         ft = cfg.finetune
         self.num_classes, self.smoothing, self.failures = num_classes, ft.label_smoothing, failures
-        self.seed, self.rank = cfg.train.seed, rank
+        self.runtime = runtime or Runtime()
+        self.seed, self.rank = cfg.train.seed, self.runtime.rank
         self.mixup = (Mixup(num_classes, mixup_alpha=ft.mixup, cutmix_alpha=ft.cutmix, label_smoothing=ft.label_smoothing,
                             seed=0) if ft.mixup > 0 or ft.cutmix > 0 else None)
         self.dummy_shape = (1, 3, cfg.data.num_frames, cfg.data.img_size, cfg.data.img_size)
@@ -391,10 +407,12 @@ class FinetuneStep:
     def __call__(self, model: nn.Module, batch: dict) -> Dict[str, torch.Tensor]:
         self.failures.record(batch["failed"])
         video = batch["video"]
+        # Collective: taken on every process, before the branch, whether or not its clips decoded.
+        share = self.runtime.loss_share(0 if video is None else video.shape[0])
         if video is None:
             return {"loss": self._zero_loss(model, next(model.parameters()).device)}
         video, target = self._targets(video, batch["label"])
-        return {"loss": soft_target_cross_entropy(model(video), target)}
+        return {"loss": soft_target_cross_entropy(model(video), target) * share}
 
 
 # ------------------------------------------------------------------------------------------------ run
@@ -454,7 +472,7 @@ def run_finetune(cfg: Config, *, runtime: Optional[Runtime] = None, callbacks: S
         rt.seed(cfg.train.seed)  # the new head (and a model from scratch) start the same in every run
         model = build_model(cfg, len(classes))
         failures = FailureCounter()
-        step = FinetuneStep(cfg, len(classes), failures, rank=rt.rank)
+        step = FinetuneStep(cfg, len(classes), failures, runtime=rt)
         ema = ModelEMA(model, cfg.finetune.ema_decay) if cfg.finetune.ema else None
         judged = (lambda tr: ema.module) if ema is not None else (lambda tr: tr.model)
         out = Path(cfg.train.output_dir)

@@ -388,9 +388,24 @@ class Trainer:
             self._tb.close()
             self._tb = None
 
+    def _check_same_metrics(self, keys: List[str]) -> None:
+        """Raise on every process together when the processes' metric names differ. Collective.
+
+        The metrics are averaged in one all-reduce of a stacked tensor, which only lines up when every
+        process stacks the same names; otherwise the processes would wait on each other forever.
+        """
+        if not self.runtime.distributed:
+            return
+        names = self.runtime.all_gather_object(keys)
+        if any(n != keys for n in names):
+            shown = "; ".join(f"rank {r}: {', '.join(n)}" for r, n in enumerate(names))
+            raise RuntimeError(f"step_fn returned different metrics on different processes ({shown}); it must "
+                               "return the same names on every process, also for a batch with no usable samples")
+
     def _log_window(self, window: Dict[str, List[torch.Tensor]], t_window: float, n_steps: int) -> None:
         """Average the window's metrics over steps and ranks; write them (rank 0). Collective."""
         keys = sorted(window)
+        self._check_same_metrics(keys)
         means = torch.stack([torch.stack(window[k]).mean() for k in keys]) if keys else torch.zeros(0)
         means = self.runtime.all_reduce(means.to(self.runtime.device), op="mean")
         record: Dict[str, Any] = {"step": self.step, "epoch": self.epoch}

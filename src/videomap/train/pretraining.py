@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -18,7 +18,7 @@ from ..data import (FailureLog, VideoClassificationDataset, VideoTrainTransform,
 from ..models import create_model
 from ..pretrain import MAPPretrainer, reconstruction_grid, save_png
 from .batches import ResumableBatches
-from .callbacks import Every, ExportModel
+from .callbacks import Callback, Every, ExportModel
 from .config import Config
 from .loop import Trainer
 from .runtime import Runtime, seed_everything
@@ -92,8 +92,10 @@ class ReconstructionPictures:
         return path
 
 
-def run_pretrain(cfg: Config) -> dict:
-    """Pretrain ``model.name`` on ``data.train``; returns the final metrics and the output paths."""
+def run_pretrain(cfg: Config, *, callbacks: Sequence[Callback] = ()) -> dict:
+    """Pretrain ``model.name`` on ``data.train``; returns the final metrics and the output paths.
+
+    ``callbacks`` are added after the trainer's own (encoder export, reconstruction pictures)."""
     runtime = Runtime.from_env(cfg.train.device, cfg.train.precision)
     seed_everything(cfg.train.seed)  # the same initial weights for the same seed, on every rank
     pretrainer = build_pretrainer(cfg)
@@ -108,20 +110,25 @@ def run_pretrain(cfg: Config) -> dict:
 
     def step(model, batch):
         failures.update(batch["failed"])
-        if batch["video"] is None:
+        video = batch["video"]
+        # The gradient is the mean over the clips that decoded on every process together (see
+        # Runtime.loss_share); collective, so it is taken before the branch on every process.
+        share = runtime.loss_share(0 if video is None else video.shape[0])
+        if video is None:
             # Every clip of this micro-batch failed. A zero-weighted forward of a blank clip through the
             # (possibly DDP-wrapped) model still runs its gradient all-reduce, keeping the processes in step.
-            blank = torch.zeros(1, 3, cfg.data.num_frames, cfg.data.img_size, cfg.data.img_size,
+            video = torch.zeros(1, 3, cfg.data.num_frames, cfg.data.img_size, cfg.data.img_size,
                                 device=runtime.device)
-            return {"loss": model(blank, generator=pretrainer.mask_generator)["loss"] * 0.0}
-        out = model(batch["video"], generator=pretrainer.mask_generator)
-        return {"loss": out["loss"], "mask_ratio": out["mask"].float().mean(), "failed_videos": float(failures.count)}
+        out = model(video, generator=pretrainer.mask_generator)
+        # The same metric names on every process: the loop averages them over processes in one all-reduce.
+        return {"loss": out["loss"] * share, "mask_ratio": out["mask"].float().mean(),
+                "failed_videos": float(failures.count)}
 
     output = Path(cfg.train.output_dir)
-    callbacks = [ExportModel(output / "encoder", select=lambda m: m.encoder)]
+    hooks: list[Callback] = [ExportModel(output / "encoder", select=lambda m: m.encoder)]
     if cfg.pretrain.target == "pixel":
-        callbacks.append(Every(cfg.pretrain.recon_every, ReconstructionPictures(dataset, output, cfg.train.seed)))
-    trainer = Trainer(pretrainer, step, batches, cfg, runtime=runtime, callbacks=callbacks)
+        hooks.append(Every(cfg.pretrain.recon_every, ReconstructionPictures(dataset, output, cfg.train.seed)))
+    trainer = Trainer(pretrainer, step, batches, cfg, runtime=runtime, callbacks=[*hooks, *callbacks])
     result = trainer.fit()
     if failures.count:
         log.warning("pretraining skipped %d undecodable clip(s) from %d file(s)", failures.count, len(failures.paths))

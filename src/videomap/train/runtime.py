@@ -166,6 +166,23 @@ class Runtime:
         """bf16 autocast for ``precision='bf16'``, else a no-op context."""
         return autocast(self.device, self.precision)
 
+    def loss_share(self, count: int) -> torch.Tensor:
+        """Factor that turns this process's mean loss over ``count`` samples into its share of the mean over
+        every process's samples: ``world_size * count / total`` (0 when no process has any).
+
+        DDP averages gradients with equal weight per process, whatever each one held. A process whose
+        samples all failed to load would then pull the step's gradient towards zero (with 2 processes, half
+        of it). Scaled by this factor, the average DDP takes is exactly the gradient of the mean loss over
+        the ``total`` samples that did load, on any process, as one process holding them all would compute.
+        With every process holding the same count the factor is exactly 1.
+
+        Collective (one small all-reduce): every process must call it for every micro-batch, including one
+        with nothing to contribute. A 0-dim float tensor on ``self.device``, so no host sync is needed.
+        """
+        local = torch.tensor(float(count), device=self.device)
+        total = self.all_reduce(local.clone())
+        return local * self.world_size / total.clamp_min(1.0)
+
     def to_device(self, batch: Any) -> Any:
         return move_to_device(batch, self.device)
 
