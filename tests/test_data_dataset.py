@@ -169,19 +169,39 @@ def test_worker_processes_report_failures_to_the_main_process(tree):
 
 
 def test_evaluation_reports_failures_and_excludes_them(tree):
-    """The evaluation contract: failed videos are listed by path and left out of the denominator."""
+    """The evaluation contract: failed videos are listed by path and left out of the denominator, and every
+    scored video keeps its own label.
+
+    The stand-in model recognises each video from its pixels alone (the frame indices its views show
+    identify its length, which differs for every fixture video) and answers that video's label as the
+    fixture defines it, so its accuracy is 100% only if labels travel with their own videos."""
+    lengths = {30: 0, 9: 0, 24: 1, 40: 1}     # a.mp4, b.mp4 (left); c.mp4, d.mp4 (right)
+    views = {n: segment_test_indices(n, 4, 2).tolist() for n in lengths}
+
+    def stand_in_model(video):
+        """``(V, C, T, H, W)`` raw views of one video -> the label of the fixture video they come from."""
+        shown = [indices_of(v) for v in video]
+        matches = [n for n, expected in views.items() if shown == expected]
+        assert len(matches) == 1, f"views {shown} match no single fixture video"
+        return lengths[matches[0]]
+
     ann = read_annotations(tree / "train.txt")
-    ds = VideoClassificationDataset(ann, mode="test", num_frames=4, test_clips=2, test_crops=1, input_size=24)
+    ds = VideoClassificationDataset(ann, mode="test", num_frames=4, test_clips=2, test_crops=1, transform=raw_frames)
     failures = FailureLog(context="evaluation")
     correct = total = 0
+    scored = []
     for b in skip_failed(DataLoader(ds, batch_size=2, collate_fn=collate_videos), failures):
-        assert b["video"].shape[1:] == (2, 3, 4, 24, 24)
-        pred = b["label"]  # a perfect stand-in model
+        assert b["video"].shape[1:3] == (2, 3)       # two clips of every video, three channels
+        pred = torch.tensor([stand_in_model(v) for v in b["video"]])
         correct += int((pred == b["label"]).sum())
         total += len(b["label"])
+        scored += b["path"]
     summary = failures.summary()
-    assert total == 4 and correct / total == 1.0
-    assert summary["num_failed"] == 3 and summary["failed_videos"] == failures.paths
+    good = [str(tree / rel) for rel in ("left/a.mp4", "left/b.mp4", "right/c.mp4", "right/d.mp4")]
+    broken = sorted(str(tree / rel) for rel in ("right/broken.mp4", "left/zero.mp4", "left/missing.mp4"))
+    assert scored == good                           # only the decodable videos, in list order
+    assert total == 4 and correct == 4              # the denominator excludes the 3 failed videos
+    assert summary["num_failed"] == 3 and summary["failed_videos"] == failures.paths == broken
     json.dumps(summary)
 
 
