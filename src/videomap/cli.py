@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("videomap.models.convert:convert_main",
                 "VideoMamba / image MAP checkpoints -> a videomap model directory"),
     "list-models": ("videomap.cli:list_models_main", "the registered model names"),
-    "bench": ("videomap.cli:bench_main", "benchmarks: scan, backbone, encoder, gpu, entry, data"),
+    "bench": ("videomap.cli:bench_main", "benchmarks: scan, backbone, encoder, roofline, gpu, entry, data"),
     "demo": ("videomap.demo:demo_main",
              "the main job: pretrain on real clips, fine-tune on few labels, compare with scratch"),
 }
@@ -32,6 +32,7 @@ BENCHMARKS: dict[str, str] = {
     "gpu": "videomap.bench.gpu:main",
     "entry": "videomap.bench.entry:main",
     "data": "videomap.bench.data:main",
+    "roofline": "videomap.bench.roofline:main",
 }
 
 
