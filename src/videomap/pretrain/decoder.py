@@ -23,18 +23,22 @@ class FrameCausalDecoder(nn.Module):
 
     Args:
         dim: token width (``.dim``). depth: blocks. num_heads: attention heads. mlp_ratio: MLP width ratio.
+        causal: ``False`` drops the frame-causal mask (every token attends to every frame): MAE's
+            bidirectional decoder, the non-autoregressive control of the objective ablation.
     """
 
-    def __init__(self, dim: int = 384, depth: int = 4, num_heads: int = 6, mlp_ratio: float = 4.0):
+    def __init__(self, dim: int = 384, depth: int = 4, num_heads: int = 6, mlp_ratio: float = 4.0,
+                 causal: bool = True):
         super().__init__()
-        self.dim = dim
+        self.dim, self.causal = dim, causal
         self.blocks = nn.ModuleList(TransformerLayer(dim, num_heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(dim, eps=1e-6)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, T', N, dim)`` → ``(B, T', N, dim)``; outputs of frame ``t`` depend only on frames ``≤ t``."""
+        """``(B, T', N, dim)`` → ``(B, T', N, dim)``; outputs of frame ``t`` depend only on frames ``≤ t``
+        (on every frame when ``causal`` is off)."""
         batch, frames, tokens, dim = x.shape
-        mask = frame_causal_mask(frames, tokens, x.device)
+        mask = frame_causal_mask(frames, tokens, x.device) if self.causal else None
         h = x.reshape(batch, frames * tokens, dim)
         for block in self.blocks:
             h = block(h, attn_mask=mask)

@@ -34,13 +34,16 @@ class MAPPretrainer(nn.Module):
             MAP's truncated normal on [0.3, 0.7] (mean 0.5, σ 0.25).
         whole_frames: hide whole frames instead of tokens inside every frame.
         decoder_depth, decoder_dim, decoder_heads: the frame-causal decoder's size.
+        decoder_causal: ``False`` makes the decoder bidirectional over frames (MAE's decoder). With
+            ``predict="same"`` that is the masked-autoencoding control: the same masking and targets, without
+            the autoregressive order.
         norm_pix_loss: per-patch normalisation of pixel targets.
     """
 
     def __init__(self, encoder: nn.Module, target: str = "pixel", predict: str = "same",
                  mask_ratio: float | str = 0.5, whole_frames: bool = False, decoder_depth: int = 4,
                  decoder_dim: int = 384, decoder_heads: int = 6, decoder_mlp_ratio: float = 4.0,
-                 norm_pix_loss: bool = True, clip_model=None, in_chans: int = 3):
+                 norm_pix_loss: bool = True, clip_model=None, in_chans: int = 3, decoder_causal: bool = True):
         super().__init__()
         if target not in TARGETS:
             raise ValueError(f"unknown pretraining target {target!r}; choose one of {TARGETS}")
@@ -66,7 +69,8 @@ class MAPPretrainer(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
         self.decoder_pos_embed = nn.Parameter(torch.zeros(1, self.grid[1] * self.grid[2], decoder_dim))
         self.decoder_temporal_pos_embed = nn.Parameter(torch.zeros(1, self.grid[0], decoder_dim))
-        self.decoder = FrameCausalDecoder(decoder_dim, decoder_depth, decoder_heads, decoder_mlp_ratio)
+        self.decoder = FrameCausalDecoder(decoder_dim, decoder_depth, decoder_heads, decoder_mlp_ratio,
+                                          causal=decoder_causal)
         self.decoder_pred = nn.Linear(decoder_dim, self.target.dim(in_chans))
         self._init_decoder_weights()
 

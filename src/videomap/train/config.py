@@ -161,6 +161,8 @@ class PretrainConfig:
     decoder_depth: int = 4
     decoder_dim: int = 384
     decoder_heads: int = 6
+    #: ``False``: a bidirectional decoder (MAE's), the non-autoregressive control; frame-causal otherwise.
+    decoder_causal: bool = True
     #: Save a reconstruction picture every this many steps (0 = only at the end).
     recon_every: int = 0
 

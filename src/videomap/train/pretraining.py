@@ -36,7 +36,7 @@ def build_pretrainer(cfg: Config) -> MAPPretrainer:
         encoder, target=p.target, predict=p.predict,
         mask_ratio="random" if p.mask_ratio_random else p.mask_ratio, whole_frames=p.mask_whole_frames,
         decoder_depth=p.decoder_depth, decoder_dim=p.decoder_dim, decoder_heads=p.decoder_heads,
-        norm_pix_loss=p.norm_pix_loss, clip_model=p.clip_teacher,
+        norm_pix_loss=p.norm_pix_loss, clip_model=p.clip_teacher, decoder_causal=p.decoder_causal,
     )
 
 
