@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                 "VideoMamba / image MAP checkpoints -> a videomap model directory"),
     "list-models": ("videomap.cli:list_models_main", "the registered model names"),
     "bench": ("videomap.cli:bench_main", "benchmarks: scan, backbone, encoder, roofline, gpu, entry, data"),
+    "ablate": ("videomap.ablate:ablate_main",
+               "the ablation study: schedules, objectives, masking, label fractions, widths"),
     "demo": ("videomap.demo:demo_main",
              "the main job: pretrain on real clips, fine-tune on few labels, compare with scratch"),
 }

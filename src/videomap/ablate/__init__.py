@@ -1,0 +1,118 @@
+"""``videomap ablate``: the ablation study behind docs/ablations.md, run from one YAML file.
+
+The study asks four questions of the design, at whatever scale the file sets: (1) does the 4:1
+Mamba:attention hybrid beat pure Mamba, (2) does frame-wise masked autoregressive pretraining beat the
+alternatives (a bidirectional-decoder masked autoencoder, no pretraining, other masks and targets), (3) does
+pretraining help most with few labels, (4) does the encoder take longer videos. It runs every cell of a
+one-factor-at-a-time grid (:mod:`.spec`), resumably (:mod:`.study`), and writes ``results.json``,
+``results.md`` and plots (:mod:`.report`) in the output folder::
+
+    videomap ablate configs/ablate/cpu.yaml [--quick] [--scale gpu] [--out runs/ablate] [--device auto]
+
+A rerun with the same arguments skips every finished cell; after SIGTERM it continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Sequence
+
+from .spec import Cell, StudyError, build_cells, load_spec, resolve_spec
+from .study import StudyInterrupted, run_cells, write_json_atomic
+
+__all__ = ["Cell", "StudyError", "StudyInterrupted", "run_study", "ablate_main", "machine_facts"]
+
+log = logging.getLogger("videomap.ablate")
+
+
+def machine_facts() -> Dict[str, Any]:
+    """CPU model (as ``lscpu`` names it), core count, load average, torch version and threads."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def _results(spec: Mapping[str, Any], spec_file: str, run: Mapping[str, Any], seconds: float) -> Dict[str, Any]:
+    from .report import claim_verdicts, summarise
+
+    tables = summarise(spec, run["cells"])
+    total_cell_seconds = sum(c["seconds"] for c in run["cells"])
+    return {"spec_file": spec_file, "scale": spec["scale_name"], "quick": spec["quick"], "seeds": spec["seeds"],
+            "spec": spec, "cells_total": len(build_cells(spec)), "cells_finished": len(run["cells"]),
+            "machine": machine_facts(), "widths": run["widths"], "tables": tables,
+            "verdicts": claim_verdicts(tables, run["timing"]), "timing": run["timing"], "cells": run["cells"],
+            "seconds": {"this_invocation": round(seconds, 1), "cells_run_now": run["cells_run_now"],
+                        "sum_over_cells": round(total_cell_seconds, 1)}}
+
+
+def write_report(out: Path, results: Dict[str, Any]) -> Dict[str, Any]:
+    """``results.json``, ``results.md`` and the plots (atomically, so a reader never sees half a file)."""
+    from .report import markdown_report, write_plots
+
+    results["plots"] = write_plots(out, results["tables"], results["timing"])
+    write_json_atomic(out / "results.json", results)
+    text = markdown_report(results)
+    tmp = out / ".results.md.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, out / "results.md")
+    return results
+
+
+def run_study(spec_file: str | Path, out: str | Path = "runs/ablate", quick: bool = False, scale: str | None = None,
+              device: str = "auto",
+              on_cell_done: Callable[[Cell, Dict[str, Any]], None] | None = None) -> Dict[str, Any]:
+    """Run (or continue) the study of ``spec_file`` into ``out`` and write its report; returns ``results.json``.
+
+    Raises :class:`StudyInterrupted` after SIGTERM (the finished cells stay on disk; rerun to continue).
+    """
+    from ..train.runtime import setup_logging
+
+    setup_logging()
+    spec = resolve_spec(load_spec(spec_file), scale=scale, quick=quick)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    run = run_cells(out, spec, device=device, on_cell_done=on_cell_done)
+    return write_report(out, _results(spec, str(spec_file), run, time.perf_counter() - started))
+
+
+def ablate_main(argv: Sequence[str] | None = None) -> int:
+    """``videomap ablate CONFIG.yaml [--quick] [--scale NAME] [--out DIR] [--device D]``; the exit code is 0
+    when the study is complete, 2 when SIGTERM stopped it (rerun to continue), 1 when it cannot run."""
+    parser = argparse.ArgumentParser(
+        prog="videomap ablate",
+        description="Run the ablation study a YAML file describes (schedules, objectives, masking, label "
+                    "fractions, widths), resumably, and write results.json, results.md and plots.")
+    parser.add_argument("config", help="the study file, e.g. configs/ablate/cpu.yaml")
+    parser.add_argument("--quick", action="store_true", help="the same code path at toy sizes (under a minute)")
+    parser.add_argument("--scale", default=None, help="a section of the file's 'scale:' (e.g. gpu) applied on top")
+    parser.add_argument("--out", default="runs/ablate", help="output folder (default: runs/ablate)")
+    parser.add_argument("--device", default=None, help="auto, cpu or cuda (default: the file's 'device')")
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        device = args.device or str(load_spec(args.config).get("device", "auto"))
+        results = run_study(args.config, args.out, quick=args.quick, scale=args.scale, device=device)
+    except StudyInterrupted as stopped:
+        print(f"videomap ablate: {stopped}; finished cells are kept in {args.out}, rerun the same command to "
+              f"continue", file=sys.stderr)
+        return 2
+    except (StudyError, FileNotFoundError) as error:
+        print(f"videomap ablate: {error}", file=sys.stderr)
+        return 1
+    print(Path(args.out, "results.md").read_text())
+    print(f"{results['cells_finished']} cells; results.json, results.md and plots in {args.out}")
+    return 0

