@@ -132,3 +132,32 @@ def videos(tmp_path_factory) -> dict[str, Path]:
     out["garbage"].write_bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())
     out["missing"] = d / "does_not_exist.mp4"
     return out
+
+
+# ------------------------------------------------------------------------------------- two processes
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a gloo rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_two_processes(worker, args: tuple, timeout: float, what: str) -> None:
+    """``worker(rank, 2, port, *args)`` in two spawned processes; fails the test with ``what`` if they have
+    not finished within ``timeout`` seconds (killed: a trainer catches SIGTERM, so terminate could block),
+    and re-raises a process's error."""
+    import time
+
+    import torch.multiprocessing as mp
+
+    ctx = mp.start_processes(worker, args=(2, free_port(), *args), nprocs=2, join=False, start_method="spawn")
+    deadline = time.time() + timeout
+    while not ctx.join(timeout=1):
+        if time.time() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(what)

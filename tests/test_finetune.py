@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import write_video
+from conftest import run_two_processes, write_video
 
 from videomap.train import Callback, load_checkpoint, load_config
 from videomap.train.batches import epoch_permutation
@@ -246,12 +244,6 @@ def test_label_fraction_and_inferred_classes(tree, tmp_path):
 # ------------------------------------------------------------------------------------------------- DDP
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank, world_size, port, overrides):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
@@ -262,8 +254,6 @@ def _ddp_worker(rank, world_size, port, overrides):
 def test_ddp_step_where_one_process_lost_every_video(tmp_path):
     """Global batch 2 over 2 processes: rank 1's only video of the first step is corrupt. It must still take
     part in the gradient all-reduce, or the other process would wait forever."""
-    import torch.multiprocessing as mp
-
     seed, n = 0, 4
     order = epoch_permutation(n, seed, 0)           # step 0 gives order[0] to rank 0 and order[1] to rank 1
     rng = np.random.default_rng(0)
@@ -280,13 +270,8 @@ def test_ddp_step_where_one_process_lost_every_video(tmp_path):
     overrides = TINY + [f"data.train={tmp_path / 'train.txt'}", f"train.output_dir={out}", "train.batch_size=2",
                         "train.max_steps=3", f"train.seed={seed}", "optim.warmup_steps=1"]
 
-    ctx = mp.start_processes(_ddp_worker, args=(2, _free_port(), overrides), nprocs=2, join=False, start_method="spawn")
-    deadline = time.time() + 240
-    while not ctx.join(timeout=5):
-        if time.time() > deadline:
-            for p in ctx.processes:
-                p.terminate()
-            pytest.fail("DDP fine-tuning hung: a process with no decodable video skipped its backward pass")
+    run_two_processes(_ddp_worker, (overrides,), 240,
+                      "DDP fine-tuning hung: a process with no decodable video skipped its backward pass")
     state = load_checkpoint(out / "checkpoints" / "last.pt")
     assert state["step"] == 3 and state["world_size"] == 2
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())

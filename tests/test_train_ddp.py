@@ -9,8 +9,6 @@ reference gradient is computed here, in this process, from rank 0's starting wei
 from __future__ import annotations
 
 import os
-import socket
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import write_video
+from conftest import run_two_processes, write_video
 
 from videomap.train import Callback, load_config
 from videomap.train.batches import epoch_permutation, sample_seed
@@ -88,12 +86,6 @@ class SaveStart(Callback):
         trainer.optimizer.register_step_pre_hook(save_grads)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world_size: int, port: int, command: str, overrides: list, folder: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
@@ -109,17 +101,9 @@ def _worker(rank: int, world_size: int, port: int, command: str, overrides: list
         run_pretrain(cfg, callbacks=[SaveStart(folder)])
 
 
-def run_two_processes(command: str, overrides: list, folder: Path) -> None:
-    import torch.multiprocessing as mp
-
-    ctx = mp.start_processes(_worker, args=(2, _free_port(), command, overrides, str(folder)), nprocs=2,
-                             join=False, start_method="spawn")
-    deadline = time.time() + 180
-    while not ctx.join(timeout=2):
-        if time.time() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"two-process {command} did not finish within 180 s")
+def run_command_on_two_processes(command: str, overrides: list, folder: Path) -> None:
+    run_two_processes(_worker, (command, overrides, str(folder)), 180,
+                      f"two-process {command} did not finish within 180 s")
 
 
 def load_rank(folder: Path, name: str, rank: int) -> dict:
@@ -139,7 +123,7 @@ def finetune_run(tmp_path_factory):
     listing, rank0, labels = write_half_broken_list(folder)
     overrides = TINY_FT + [f"data.train={listing}", f"train.output_dir={folder / 'run'}", "finetune.ema=true",
                            "finetune.ema_decay=0.9"]
-    run_two_processes("finetune", overrides, folder)
+    run_command_on_two_processes("finetune", overrides, folder)
     return folder, overrides, rank0, labels
 
 
@@ -149,7 +133,7 @@ def pretrain_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ddp_pretrain")
     listing, rank0, _ = write_half_broken_list(folder)
     overrides = TINY_PT + [f"data.train={listing}", f"train.output_dir={folder / 'run'}"]
-    run_two_processes("pretrain", overrides, folder)
+    run_command_on_two_processes("pretrain", overrides, folder)
     return folder, overrides, rank0
 
 

@@ -8,13 +8,14 @@ dataset whose samples are randomly augmented with the global RNG.
 import json
 import os
 import signal
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from conftest import free_port, run_two_processes
 
 from videomap.train import (
     Callback,
@@ -333,12 +334,6 @@ def test_resume_is_bit_exact_on_cuda_with_bf16(tmp_path):
 # ---------------------------------------------------------------------------------------------------- DDP
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank, world_size, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
@@ -352,7 +347,7 @@ def _ddp_worker(rank, world_size, port, out):
 def test_ddp_two_gloo_processes_match_one_process(tmp_path):
     import torch.multiprocessing as mp
 
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "ddp")), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), str(tmp_path / "ddp")), nprocs=2, join=True)
 
     single = make_trainer(make_cfg(tmp_path / "one", "train.batch_size=8", "train.grad_accum=2",
                                    "train.max_steps=3"), stochastic=False)
@@ -403,18 +398,8 @@ def _mismatched_metrics_worker(rank, world_size, port, out):
 
 
 def test_ddp_metrics_that_differ_between_processes_are_an_error_not_a_hang(tmp_path):
-    import time
-
-    import torch.multiprocessing as mp
-
-    ctx = mp.start_processes(_mismatched_metrics_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2,
-                             join=False, start_method="spawn")
-    deadline = time.time() + 60
-    while not ctx.join(timeout=1):
-        if time.time() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("the processes hung averaging metrics with different names")
+    run_two_processes(_mismatched_metrics_worker, (str(tmp_path),), 60,
+                      "the processes hung averaging metrics with different names")
     for rank in (0, 1):
         message = (tmp_path / f"error{rank}.txt").read_text()
         assert "rank 0: acc, grad_norm, loss; rank 1: grad_norm, loss" in message
