@@ -63,7 +63,32 @@ def test_public_reverse_conv_matches_flipping(backend):
     torch.testing.assert_close(got.detach(), want)
 
 
-def test_bf16_input_runs_in_fp32():
-    x = torch.randn(1, 4, 12).bfloat16()
-    out = causal_conv1d(x, torch.randn(4, 4), torch.randn(4), activation="silu")
-    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+@pytest.mark.parametrize("reverse", [False, True])
+def test_bf16_input_is_convolved_in_fp32_and_returned_in_bf16(reverse):
+    """The CPU kernel reads bf16 rows as they are, accumulates in fp32 with fp32 weights and rounds once."""
+    x = torch.randn(2, 5, 70).bfloat16()
+    w, b = torch.randn(5, 4), torch.randn(5)
+    with scan_backend("cpu"):
+        out = causal_conv1d(x, w, b, reverse=reverse)
+        act = causal_conv1d(x, w, b, activation="silu", reverse=reverse)
+    want = causal_conv1d_reference(x.float(), w, b, reverse=reverse)
+    assert out.dtype == act.dtype == torch.bfloat16
+    torch.testing.assert_close(out, want.bfloat16(), rtol=0, atol=0)
+    torch.testing.assert_close(act.float(), torch.nn.functional.silu(want), rtol=1e-2, atol=1e-2)
+
+
+def test_bf16_backward_matches_fp32():
+    x32 = torch.randn(1, 4, 40).bfloat16().float()
+    w, b = torch.randn(4, 4, requires_grad=True), torch.randn(4, requires_grad=True)
+    x16 = x32.bfloat16().requires_grad_()
+    g = torch.randn(1, 4, 40).bfloat16().float()  # exact in bf16: the bf16 output passes it on unrounded
+    with scan_backend("cpu"):
+        causal_conv1d(x16, w, b, reverse=True).float().backward(g)
+    grads16 = (x16.grad.float(), w.grad.clone(), b.grad.clone())
+    w.grad = b.grad = None
+    x32.requires_grad_()
+    causal_conv1d_reference(x32, w, b, reverse=True).backward(g)
+    assert x16.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(grads16[0], x32.grad, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(grads16[1], w.grad, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(grads16[2], b.grad, rtol=1e-5, atol=1e-4)

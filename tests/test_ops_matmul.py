@@ -190,8 +190,8 @@ def test_matmul_under_cpu_autocast_runs_in_bf16_and_not_outside_it():
 
 
 def test_layers_under_cpu_autocast_give_bf16_products():
-    """Each kind of layer product: ``Linear`` (qkv, proj, fc1, fc2), ``linear`` (``out_proj``) and the
-    channels-first products (``in_proj``, ``x_proj``, ``dt_proj``) inside BiMamba."""
+    """Each kind of layer product: ``Linear`` (qkv, proj, fc1, fc2) and the channels-first products
+    (``in_proj``, ``x_proj``, ``dt_proj``, ``out_proj``) inside BiMamba."""
     from videomap.layers import Attention
 
     torch.manual_seed(0)
@@ -221,4 +221,4 @@ def test_layers_under_cpu_autocast_give_bf16_products():
             h.remove()
     assert mixed.dtype == torch.bfloat16  # out_proj
     assert set(seen.values()) == {torch.bfloat16}, seen
-    assert len(calls) == 5 and set(calls) == {torch.bfloat16}, calls  # in_proj, 2 x_proj, 2 dt_proj
+    assert len(calls) == 6 and set(calls) == {torch.bfloat16}, calls  # in_proj, 2 x_proj, 2 dt_proj, out_proj

@@ -72,6 +72,57 @@ def run_scan_benchmark(lengths=(1568, 3136, 6272, 12544), batch=1, channels=768,
     return rows
 
 
+def run_isa_comparison(lengths=(3136,), isas=("avx512", "avx2"), batch=1, channels=768, state=16, repeats=5,
+                       rounds=3, dtype=torch.float32, quiet=False):
+    """The fused CPU kernel built for each instruction-set variant (``VIDEOMAP_CPU_ISA`` values), timed side by
+    side: ``rounds`` rounds that each measure every variant in turn (``repeats`` runs each), so that load on
+    a shared machine falls on all of them alike; medians over all runs. Returns a list of row dicts."""
+    from statistics import median
+
+    from ..ops.scan_cpu import kernel_variant
+
+    rows = []
+    for length in lengths:
+        inputs = scan_inputs(batch, channels, state, length, "cpu", dtype)
+        leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+
+        def forward():
+            with torch.no_grad(), scan_backend("cpu"):
+                selective_scan(**inputs, delta_softplus=True)
+
+        def forward_backward():
+            for t in leaves.values():
+                t.grad = None
+            with scan_backend("cpu"):
+                selective_scan(**leaves, delta_softplus=True).sum().backward()
+
+        times = {isa: ([], []) for isa in isas}
+        for _ in range(rounds):
+            for isa in isas:
+                with kernel_variant(isa):
+                    times[isa][0].append(measure(forward, torch.device("cpu"), repeats=repeats).median_ms)
+                    times[isa][1].append(measure(forward_backward, torch.device("cpu"), repeats=repeats).median_ms)
+        base = None
+        for isa in isas:
+            fwd, fwd_bwd = median(times[isa][0]), median(times[isa][1])
+            base = base or (fwd, fwd_bwd)
+            rows.append(dict(L=length, isa=isa, fwd_ms=fwd, fwd_bwd_ms=fwd_bwd, fwd_ratio=fwd / base[0],
+                             fwd_bwd_ratio=fwd_bwd / base[1]))
+            if not quiet:
+                print(f"  L={length:>6} {isa:>8}: fwd {fwd:8.2f} ms, fwd+bwd {fwd_bwd:8.2f} ms", flush=True)
+    return rows
+
+
+def format_isa_table(rows, batch, channels, state, dtype) -> str:
+    first = rows[0]["isa"] if rows else ""
+    headers = ["L", "variant", "fwd ms", "fwd+bwd ms", f"fwd time / {first}", f"fwd+bwd time / {first}"]
+    body = [[r["L"], r["isa"], r["fwd_ms"], r["fwd_bwd_ms"], f"{r['fwd_ratio']:.2f}×", f"{r['fwd_bwd_ratio']:.2f}×"]
+            for r in rows]
+    title = (f"CPU scan kernel variants, B={batch}, E={channels}, N={state}, {str(dtype).replace('torch.', '')}, "
+             f"delta_softplus, D and z on — {machine_summary()}")
+    return title + "\n\n" + markdown_table(headers, body)
+
+
 def format_scan_table(rows, batch, channels, state, dtype) -> str:
     headers = ["L", "backend", "fwd ms", "fwd+bwd ms", "fwd peak MiB", "fwd+bwd peak MiB",
                "fwd × vs reference", "fwd+bwd × vs reference"]
@@ -98,11 +149,20 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--isa", nargs="+", default=None, choices=["native", "avx512", "avx2", "generic"],
+                        help="compare the CPU kernel built for these instruction-set variants, side by side")
+    parser.add_argument("--rounds", type=int, default=3, help="with --isa: rounds over the variants")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     print(f"videomap bench scan — {machine_summary()}", flush=True)
+    if args.isa:
+        rows = run_isa_comparison(args.lengths, args.isa, args.batch, args.channels, args.state, args.repeats,
+                                  args.rounds, dtype)
+        print()
+        print(format_isa_table(rows, args.batch, args.channels, args.state, dtype))
+        return 0
     rows = run_scan_benchmark(args.lengths, args.batch, args.channels, args.state, args.backends, args.repeats,
                               args.reference_repeats, args.device, dtype)
     print()

@@ -7,9 +7,9 @@ import math
 import torch
 from torch import nn
 
-from ..ops import selective_scan
+from ..ops import selective_scan_accumulate
 from ..ops.causal_conv import causal_conv1d
-from ..ops.matmul import channels_first_matmul, linear
+from ..ops.matmul import channels_first_matmul
 from .weight_init import init_dt_proj_, s4d_real_A_log
 
 MERGE_MODES = ("mean", "sum")
@@ -23,7 +23,9 @@ class BiMamba(nn.Module):
     direction (``*_b`` parameters) computes what its forward counterpart would on the flipped sequence,
     flipped back; the conv and the scan run from the last position to the first (``reverse=True``), so no
     flipped copies are made on the CPU. The two gated outputs are merged by ``mean`` or ``sum`` and projected
-    by ``out_proj`` (E → D).
+    by ``out_proj`` (E → D). The merge is part of the scans: the first writes ``scale * y`` and the second adds
+    ``scale * y_b`` into the same buffer (``scale`` 0.5 for ``mean``), which in fp32 gives the same bits as
+    ``(y + y_b) * 0.5``.
 
     Parameter names and shapes are those of VideoMamba's ``Mamba(bimamba=True)``, so its checkpoints load;
     ``merge="sum"`` reproduces it exactly.
@@ -91,8 +93,11 @@ class BiMamba(nn.Module):
         A_log: torch.Tensor,
         D: torch.Tensor,
         reverse: bool = False,
+        acc: torch.Tensor | None = None,
+        scale: float = 1.0,
     ) -> torch.Tensor:
-        """One direction. x, z: ``(B, E, L)`` → gated output ``(B, E, L)``, all in sequence order.
+        """One direction. x, z: ``(B, E, L)`` → ``acc + scale * y`` for the gated output ``y (B, E, L)``
+        (``scale * y`` when ``acc`` is None; ``acc`` is updated in place), all in sequence order.
 
         ``reverse`` runs the conv and the scan from the last position to the first, which is the forward
         direction applied to the flipped sequence and flipped back (the x and dt projections act per position,
@@ -107,7 +112,8 @@ class BiMamba(nn.Module):
         # dt_proj's bias is applied inside the scan (delta_bias), before the softplus, as in Mamba.
         delta = channels_first_matmul(dt_proj.weight, dt)  # (B, E, L)
         A = -torch.exp(A_log.float())
-        return selective_scan(
+        return selective_scan_accumulate(
+            acc,
             x,
             delta,
             A,
@@ -117,6 +123,7 @@ class BiMamba(nn.Module):
             z=z,
             delta_bias=dt_proj.bias.float(),
             delta_softplus=True,
+            scale=scale,
             reverse=reverse,
         )
 
@@ -125,14 +132,17 @@ class BiMamba(nn.Module):
         # (E2, D) @ (B, D, L) lands directly in the (B, 2E, L) layout the conv and the scan want.
         xz = channels_first_matmul(self.in_proj.weight, hidden_states.transpose(1, 2))
         x, z = xz.chunk(2, dim=1)
-        y = self._scan_direction(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
-        y_b = self._scan_direction(
-            x, z, self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b, reverse=True
+        if x.shape[0] > 1:  # the halves are strided then: copy them once rather than in each direction's ops
+            x, z = x.contiguous(), z.contiguous()
+        scale = 0.5 if self.merge == "mean" else 1.0
+        y = self._scan_direction(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D, scale=scale)
+        y = self._scan_direction(
+            x, z, self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b, reverse=True, acc=y,
+            scale=scale,
         )
-        y = y + y_b
-        if self.merge == "mean":
-            y = y * 0.5
-        return linear(y.transpose(1, 2), self.out_proj.weight)
+        # out_proj as (D, E) @ (E, L) per sample: reading y channels-first in place, where F.linear on the
+        # (B, L, E) view would first copy it; the result is returned as a (B, L, D) view.
+        return channels_first_matmul(self.out_proj.weight, y).transpose(1, 2)
 
     def extra_repr(self) -> str:
         return (

@@ -2,7 +2,7 @@
 
 from .backend import BACKENDS, requested_backend, resolve_backend, scan_backend
 from .scan_reference import selective_scan_reference
-from .selective_scan import selective_scan
+from .selective_scan import selective_scan, selective_scan_accumulate
 
 __all__ = [
     "BACKENDS",
@@ -10,5 +10,6 @@ __all__ = [
     "resolve_backend",
     "scan_backend",
     "selective_scan",
+    "selective_scan_accumulate",
     "selective_scan_reference",
 ]

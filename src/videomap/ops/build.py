@@ -15,11 +15,11 @@ def main() -> int:
 
     start = time.perf_counter()
     try:
-        build(verbose="-v" in sys.argv)
+        module = build(verbose="-v" in sys.argv)
     except Exception as error:  # noqa: BLE001 - report any build failure plainly
         print(f"videomap: the CPU scan kernel could not be built: {error}", file=sys.stderr)
         return 1
-    print(f"videomap: CPU scan kernel ready ({time.perf_counter() - start:.1f} s)")
+    print(f"videomap: CPU scan kernel ready, {module.isa()} path ({time.perf_counter() - start:.1f} s)")
     return 0
 
 

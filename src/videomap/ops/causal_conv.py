@@ -69,7 +69,8 @@ def causal_conv1d_reference(
 
 
 class _CausalConv1dCPU(torch.autograd.Function):
-    """The C++ depthwise causal convolution (no activation) with its backward."""
+    """The C++ depthwise causal convolution (no activation) with its backward. A bfloat16 ``x`` (with fp32
+    weight and bias) is convolved in fp32 and returned as bfloat16; its backward runs in fp32."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, reverse):
@@ -86,17 +87,23 @@ class _CausalConv1dCPU(torch.autograd.Function):
         from .scan_cpu import load_cpu_kernel
 
         x, weight = ctx.saved_tensors
-        dx, dweight, dbias = load_cpu_kernel().causal_conv1d_bwd(x, weight, grad_out.contiguous(), ctx.reverse)
-        return dx, dweight, dbias if ctx.has_bias else None, None
+        dx, dweight, dbias = load_cpu_kernel().causal_conv1d_bwd(
+            x.to(weight.dtype), weight, grad_out.to(weight.dtype).contiguous(), ctx.reverse)
+        return dx.to(x.dtype), dweight, dbias if ctx.has_bias else None, None
 
 
 def causal_conv1d_cpu(x, weight, bias=None, activation=None, reverse=False):
     """The ``cpu`` entry of the backend table. The kernel computes in fp32 (fp64 for fp64 inputs), also under
-    bf16 autocast, and returns that dtype."""
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    out = _CausalConv1dCPU.apply(x.to(dtype).contiguous(), weight.to(dtype).contiguous(),
-                                 None if bias is None else bias.to(dtype).contiguous(), bool(reverse))
-    return F.silu(out) if activation == "silu" else out
+    bf16 autocast. A bfloat16 ``x`` is read and the result written as bfloat16 (one rounding, no fp32 copy of
+    either); other dtypes are computed and returned in fp32 (fp64)."""
+    dtype = x.dtype if x.dtype in (torch.float64, torch.bfloat16) else torch.float32
+    weight_dtype = torch.float32 if dtype == torch.bfloat16 else dtype
+    out = _CausalConv1dCPU.apply(x.to(dtype).contiguous(), weight.to(weight_dtype).contiguous(),
+                                 None if bias is None else bias.to(weight_dtype).contiguous(), bool(reverse))
+    if activation != "silu":
+        return out
+    # Outside autograd the conv's fresh output is nobody else's: SiLU in place spares a (B, E, L) buffer.
+    return F.silu(out) if out.requires_grad else F.silu(out, inplace=True)
 
 
 def causal_conv1d_cuda(x, weight, bias=None, activation=None, reverse=False):
@@ -129,7 +136,7 @@ def causal_conv1d(
 
     Returns:
         ``(B, E, L)`` in the dtype the convolution runs in: ``x``'s or the autocast dtype (the CPU kernel:
-        fp32, fp64 for fp64 inputs).
+        bf16 for bf16 inputs, fp64 for fp64 inputs, else fp32).
     """
     check_conv_args(x, weight, bias, activation)
     return implementation("conv", x.device, x.dtype)(x, weight, bias, activation, reverse)

@@ -4,13 +4,26 @@ The extension also carries the depthwise causal convolution used in front of the
 (``csrc/causal_conv_cpu.cpp``, see :mod:`videomap.ops.causal_conv`). The scan kernel
 (``csrc/selective_scan_cpu.cpp``) has the semantics of :mod:`videomap.ops.scan_reference` and is
 differentiable with respect to every tensor input and to the returned last state. It is compiled once per
-source, compiler flags, CPU and torch version, and cached in torch's extension directory
-(``$TORCH_EXTENSIONS_DIR`` to move it).
+source, instruction-set variant, compiler flags, CPU and torch version, and cached in torch's extension
+directory (``$TORCH_EXTENSIONS_DIR`` to move it).
+
+Instruction-set variants (``$VIDEOMAP_CPU_ISA``, read when the kernel is first built in a process):
+
+- ``native`` (default): ``-march=native``, so the AVX-512 path where the CPU has AVX-512 (F, BW, VL), the
+  AVX2 path on an AVX2 CPU, the portable path elsewhere. Never fails for lack of AVX-512.
+- ``avx512``: ``-march=x86-64-v4`` (refused on a CPU without AVX-512).
+- ``avx2``: ``-march=x86-64-v3`` (AVX2 + FMA): the AVX-512 path is compiled out even on an AVX-512 CPU.
+- ``generic``: the portable 16-lane template path, built for baseline x86-64 (or the compiler's default
+  target elsewhere).
+
+:func:`cpu_kernel_isa` says which path the loaded kernel runs (``avx512``, ``avx2`` or ``generic``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import platform
 import threading
 from pathlib import Path
@@ -30,11 +43,19 @@ _BASE_CFLAGS = ["-O3", "-ffp-contract=fast", "-fno-trapping-math"]
 # compiler use AVX-512 where the CPU has it. Each fallback drops what a compiler may reject; the last one
 # is correct but single-threaded.
 _OPENMP = ["-fopenmp"]
-_FLAG_SETS = (  # (compile flags, link flags)
-    (_BASE_CFLAGS + ["-march=native"] + _OPENMP, _OPENMP),
-    (_BASE_CFLAGS + _OPENMP, _OPENMP),
-    (_BASE_CFLAGS, []),
-)
+
+ISA_ENV_VAR = "VIDEOMAP_CPU_ISA"
+ISAS = ("native", "avx512", "avx2", "generic")
+# Target flags per requested variant: the x86-64 micro-architecture levels pin what the compiler may use,
+# so a forced variant builds the same code on any machine that can run it.
+_ISA_FLAGS: dict[str, tuple[list[str], ...]] = {
+    "native": (["-march=native"], []),
+    "avx512": (["-march=x86-64-v4", "-mtune=native"], ["-march=x86-64-v4"]),
+    "avx2": (["-march=x86-64-v3", "-mtune=native"], ["-march=x86-64-v3"]),
+    "generic": (["-DVIDEOMAP_SCAN_GENERIC", "-march=x86-64"], ["-DVIDEOMAP_SCAN_GENERIC"]),
+}
+# CPU flags a forced variant needs (as /proc/cpuinfo spells them): its code would fault without them.
+_ISA_CPU_FLAGS = {"avx512": ("avx512f", "avx512bw", "avx512vl"), "avx2": ("avx2", "fma")}
 
 _lock = threading.Lock()
 _module: Any = None
@@ -54,26 +75,56 @@ def _cpu_signature() -> str:
     return f"{platform.machine()} {platform.processor()}"
 
 
-def _extension_name(flags: list[str]) -> str:
-    """A name per source, flags, CPU and torch version, so that a change of any of them builds afresh."""
+def requested_isa() -> str:
+    """The variant asked for by ``$VIDEOMAP_CPU_ISA`` (``native`` when unset); ``ValueError`` if unknown."""
+    name = (os.environ.get(ISA_ENV_VAR, "") or "native").strip().lower()
+    if name not in ISAS:
+        raise ValueError(f"${ISA_ENV_VAR}={name!r}: choose one of {', '.join(ISAS)}")
+    return name
+
+
+def _flag_sets(isa: str) -> list[tuple[list[str], list[str]]]:
+    """(compile flags, link flags) to try in order for ``isa``: with OpenMP first, then without it; for
+    ``native`` also without ``-march``, which some compilers reject."""
+    target_sets = list(_ISA_FLAGS[isa])
+    if isa != "native" and platform.machine().lower() not in ("x86_64", "amd64"):
+        target_sets = [[f for f in flags if f.startswith("-D")] for flags in target_sets]
+    sets = [(_BASE_CFLAGS + target + _OPENMP, _OPENMP) for target in target_sets]
+    return sets + [(_BASE_CFLAGS + target_sets[-1], [])]
+
+
+def _check_cpu_supports(isa: str) -> None:
+    """Refuse a forced variant whose instructions this CPU lacks (its kernel would die on the first one)."""
+    needed = _ISA_CPU_FLAGS.get(isa, ())
+    flags = set(_cpu_signature().split())
+    missing = [flag for flag in needed if flag not in flags]
+    if missing:
+        raise RuntimeError(f"${ISA_ENV_VAR}={isa} needs CPU features {', '.join(missing)}, which this CPU lacks")
+
+
+def _extension_name(isa: str, flags: list[str]) -> str:
+    """A name per variant, source, flags, CPU and torch version, so that a change of any of them builds
+    afresh and variants never share a cache entry."""
     digest = hashlib.sha256()
     for part in (*(source.read_bytes() for source in _SOURCES), " ".join(flags).encode(), _cpu_signature().encode(),
                  torch.__version__.encode()):
         digest.update(part)
         digest.update(b"\0")
-    return f"videomap_scan_cpu_{digest.hexdigest()[:12]}"
+    return f"videomap_scan_cpu_{isa}_{digest.hexdigest()[:12]}"
 
 
-def _build(verbose: bool):
+def _build(verbose: bool, isa: str | None = None):
     from torch.utils.cpp_extension import load
 
     missing = [str(source) for source in _SOURCES if not source.is_file()]
     if missing:
         raise RuntimeError(f"the kernel sources {missing} are missing from the installation")
+    isa = isa or requested_isa()
+    _check_cpu_supports(isa)
     failures = []
-    for cflags, ldflags in _FLAG_SETS:
+    for cflags, ldflags in _flag_sets(isa):
         try:
-            return load(name=_extension_name(cflags + ldflags), sources=[str(source) for source in _SOURCES],
+            return load(name=_extension_name(isa, cflags + ldflags), sources=[str(source) for source in _SOURCES],
                         extra_cflags=cflags, extra_ldflags=ldflags, verbose=verbose)
         except Exception as error:  # noqa: BLE001 - try the next flag set, report all at the end
             failures.append(f"[{' '.join(cflags)}] {type(error).__name__}: {str(error).strip()[-2000:]}")
@@ -110,6 +161,29 @@ def cpu_kernel_available() -> bool:
     return _module is not None
 
 
+@contextlib.contextmanager
+def kernel_variant(isa: str, verbose: bool = False):
+    """Run the enclosed code on variant ``isa``'s kernel (built, or loaded from its cache entry), then go
+    back to the process's own; for side-by-side measurements of variants. Yields the extension module."""
+    global _module
+    if isa not in ISAS:
+        raise ValueError(f"unknown CPU kernel variant {isa!r}; choose one of {', '.join(ISAS)}")
+    module = _build(verbose, isa)
+    with _lock:
+        previous, _module = _module, module
+    try:
+        yield module
+    finally:
+        with _lock:
+            _module = previous
+
+
+def cpu_kernel_isa() -> str | None:
+    """The instruction-set path of the loaded kernel (``avx512``, ``avx2`` or ``generic``); ``None`` when it
+    cannot be built. Builds it on first use."""
+    return load_cpu_kernel().isa() if cpu_kernel_available() else None
+
+
 def cpu_kernel_error() -> str | None:
     """Why the kernel is unavailable (``None`` when it loaded or was not tried yet)."""
     return _error
@@ -136,24 +210,43 @@ def _sum_batch(t: torch.Tensor | None) -> torch.Tensor | None:
 
 
 class _SelectiveScanCPU(torch.autograd.Function):
+    """The kernel's forward and backward. Time-indexed inputs may be bfloat16 (the forward reads them as
+    they are and writes a bfloat16 output); the backward then runs the fp32 kernel on widened copies, which
+    recomputes the same fp32 states from the same checkpoints."""
+
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, needs_grad, reverse):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, needs_grad, reverse,
+                out, scale, accumulate):
         kernel = load_cpu_kernel()
-        out, last_state, checkpoints = kernel.fwd(u, delta, A, B, C, D, z, delta_bias, initial_state,
-                                                  bool(delta_softplus), needs_grad, bool(reverse))
+        result, last_state, checkpoints = kernel.fwd(u, delta, A, B, C, D, z, delta_bias, initial_state,
+                                                     bool(delta_softplus), needs_grad, bool(reverse), out,
+                                                     float(scale), bool(accumulate))
+        if out is not None:
+            ctx.mark_dirty(out)
         ctx.delta_softplus = bool(delta_softplus)
         ctx.reverse = bool(reverse)
+        ctx.scale = float(scale)
+        ctx.accumulate = bool(accumulate)
         if needs_grad:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, checkpoints)
         # an unused output arrives as None instead of a freshly allocated zero tensor
         ctx.set_materialize_grads(False)
-        return out, last_state
+        return result, last_state
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out, grad_last_state):
         u, delta, A, B, C, D, z, delta_bias, checkpoints = ctx.saved_tensors
         need = ctx.needs_input_grad
+        # what was added to `out` passes its gradient through unchanged
+        grad_acc = grad_out if ctx.accumulate and need[12] else None
+        time_dtype = u.dtype
+        if time_dtype == torch.bfloat16:
+            u, delta, B, C, z = (None if t is None else t.float() for t in (u, delta, B, C, z))
+        if grad_out is not None:
+            grad_out = grad_out.to(A.dtype)
+            if ctx.scale != 1.0:
+                grad_out = grad_out * ctx.scale
         # A reverse scan's checkpoints are those of a forward scan of the flipped sequence: its backward is
         # that scan's backward on flipped copies, with the time-indexed gradients flipped back.
         if ctx.reverse:
@@ -168,6 +261,8 @@ class _SelectiveScanCPU(torch.autograd.Function):
         )
         if ctx.reverse:
             du, ddelta, dB, dC, dz = (flip_time(t) for t in (du, ddelta, dB, dC, dz))
+        if time_dtype != A.dtype:
+            du, ddelta, dB, dC, dz = (None if t is None else t.to(time_dtype) for t in (du, ddelta, dB, dC, dz))
         return (
             du if need[0] else None,
             ddelta if need[1] else None,
@@ -181,6 +276,9 @@ class _SelectiveScanCPU(torch.autograd.Function):
             None,
             None,
             None,
+            grad_acc,
+            None,
+            None,
         )
 
 
@@ -189,52 +287,99 @@ def _contiguous(t: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_state=None,
-                       delta_softplus=False, reverse=False):
+                       delta_softplus=False, reverse=False, *, out=None, scale=1.0, accumulate=False):
     """Fused CPU selective scan, differentiable in every tensor input and in the returned state.
 
     Args:
         u, delta: ``(B, E, L)``. A: ``(E, N)`` with ``N <= 64``. B, C: ``(B, G, N, L)``, channel ``e`` reading
         group ``e // (E // G)``. D, delta_bias: ``(E,)`` or None. z: ``(B, E, L)`` or None.
         initial_state: ``(B, E, N)`` or None (zeros). All float32, or all float64 (a slower portable path
-        with libm's exp, meant for tests and gradcheck), on the CPU; any strides.
+        with libm's exp, meant for tests and gradcheck), on the CPU; any strides. Or the time-indexed ones
+        (u, delta, z, B, C) bfloat16 with A, D, delta_bias and initial_state float32: the kernel widens them
+        in registers, keeps fp32 states and writes a bfloat16 output (``last_state`` stays float32).
         reverse: scan from position L - 1 down to 0 (see :func:`videomap.ops.selective_scan`).
+        out: ``(B, E, L)`` contiguous, u's dtype, or None: the buffer the result is written into, in place.
+        scale: the result is ``scale * y``. accumulate: add ``scale * y`` to what ``out`` holds instead
+        (``out`` required). This is how the two directions of a bidirectional layer merge without a
+        separate pass.
 
     Returns:
         ``out (B, E, L)`` and ``last_state (B, E, N)``, the state after the last step.
     """
     dtype = u.dtype
-    if dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"selective_scan_cpu: expected float32 or float64 inputs, got {dtype}")
-    for name, t in (("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z),
-                    ("delta_bias", delta_bias), ("initial_state", initial_state)):
-        if t is not None and t.dtype != dtype:
-            raise TypeError(f"selective_scan_cpu: `{name}` is {t.dtype} but `u` is {dtype}")
+    state_dtype = torch.float32 if dtype == torch.bfloat16 else dtype
+    if dtype not in (torch.float32, torch.float64, torch.bfloat16):
+        raise TypeError(f"selective_scan_cpu: expected float32, float64 or bfloat16 inputs, got {dtype}")
+    for name, t, want in (("delta", delta, dtype), ("A", A, state_dtype), ("B", B, dtype), ("C", C, dtype),
+                          ("D", D, state_dtype), ("z", z, dtype), ("delta_bias", delta_bias, state_dtype),
+                          ("initial_state", initial_state, state_dtype)):
+        if t is not None and t.dtype != want:
+            raise TypeError(f"selective_scan_cpu: `{name}` is {t.dtype}, expected {want} for {dtype} `u`")
+    if out is not None and (out.shape != u.shape or out.dtype != dtype or not out.is_contiguous()):
+        raise ValueError(f"selective_scan_cpu: `out` must be a contiguous {tuple(u.shape)} {dtype} tensor")
+    if accumulate and out is None:
+        raise ValueError("selective_scan_cpu: `accumulate` needs `out`")
     inputs = (u, delta, A, B, C, D, z, delta_bias, initial_state)
     # checkpoints are only kept when a backward can follow (needs_input_grad ignores no_grad mode)
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (*inputs, out))
     return _SelectiveScanCPU.apply(*(_contiguous(t) for t in inputs), bool(delta_softplus), needs_grad,
-                                   bool(reverse))
+                                   bool(reverse), out, float(scale), bool(accumulate))
+
+
+def _time_dtype(u, delta, B, C, z) -> torch.dtype:
+    """The dtype the kernel reads the time-indexed inputs in: bfloat16 when all of them are bfloat16 (no
+    widened copies), else the compute dtype."""
+    series = [t for t in (u, delta, B, C, z) if t is not None]
+    if all(t.dtype == torch.bfloat16 for t in series) and B.dim() >= 3 and C.dim() >= 3:
+        return torch.bfloat16
+    return compute_dtype(u.dtype)
+
+
+def _scan_cpu_call(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, reverse, out, scale,
+                   accumulate):
+    """:func:`selective_scan_cpu` on arguments in the public contract's forms (any dtypes, B/C in every
+    layout): casts only what the kernel cannot read as it is."""
+    dt = compute_dtype(u.dtype)
+    series = _time_dtype(u, delta, B, C, z)
+    batch, channels, length = u.shape
+
+    def cast(t, to):
+        return None if t is None else t.to(to).contiguous()
+
+    return selective_scan_cpu(
+        cast(u, series), cast(delta, series), cast(A, dt),
+        as_grouped(B, batch, channels, length, series), as_grouped(C, batch, channels, length, series),
+        cast(D, dt), cast(z, series), cast(delta_bias, dt), cast(initial_state, dt), delta_softplus,
+        reverse=reverse, out=out, scale=scale, accumulate=accumulate,
+    )
 
 
 def selective_scan_cpu_backend(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                                return_last_state=False, *, initial_state=None, reverse=False):
     """The ``cpu`` entry of the backend table: :func:`videomap.ops.selective_scan`'s contract on top of
-    :func:`selective_scan_cpu` (inputs cast to the compute dtype, B/C in the grouped layout)."""
-    in_dtype = u.dtype
-    dt = compute_dtype(in_dtype)
-    batch, channels, length = u.shape
-
-    def cast(t):
-        return None if t is None else t.to(dt).contiguous()
-
-    out, last_state = selective_scan_cpu(
-        cast(u), cast(delta), cast(A),
-        as_grouped(B, batch, channels, length, dt), as_grouped(C, batch, channels, length, dt),
-        cast(D), cast(z), cast(delta_bias), cast(initial_state), delta_softplus, reverse=reverse,
-    )
-    out = out.to(in_dtype)
+    :func:`selective_scan_cpu` (inputs cast to the compute dtype unless all time-indexed ones are bfloat16,
+    B/C in the grouped layout)."""
+    out, last_state = _scan_cpu_call(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, reverse,
+                                     None, 1.0, False)
+    out = out.to(u.dtype)
     return (out, last_state) if return_last_state else out
 
 
-__all__ = ["build", "cpu_kernel_available", "cpu_kernel_error", "load_cpu_kernel", "selective_scan_cpu",
+def selective_scan_accumulate_cpu(acc, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                                  *, scale=1.0, reverse=False):
+    """``acc + scale * y`` for the scan output ``y``, the scaling and the sum done in the kernel's output pass
+    and written into ``acc`` (updated in place and returned); ``scale * y`` when ``acc`` is None. See
+    :func:`videomap.ops.selective_scan_accumulate`."""
+    if acc is not None and (acc.dtype != u.dtype or not acc.is_contiguous()
+                            or _time_dtype(u, delta, B, C, z) != u.dtype):
+        # the kernel cannot write into this buffer: the same result out of place, then added
+        return acc.add_(selective_scan_cpu_backend(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                                   reverse=reverse), alpha=scale)
+    out, _ = _scan_cpu_call(u, delta, A, B, C, D, z, delta_bias, delta_softplus, None, reverse, acc, scale,
+                            acc is not None)
+    return out.to(u.dtype)
+
+
+__all__ = ["ISAS", "ISA_ENV_VAR", "build", "cpu_kernel_available", "cpu_kernel_error", "cpu_kernel_isa",
+           "kernel_variant", "load_cpu_kernel", "requested_isa", "selective_scan_accumulate_cpu", "selective_scan_cpu",
            "selective_scan_cpu_backend"]

@@ -7,10 +7,14 @@
 // (batch, channel) row is independent and contiguous, so rows are spread over threads and each row is
 // swept once per tap with a unit-stride inner loop the compiler vectorises. The activation is left to the
 // caller: keeping the kernel linear keeps its backward a pair of convolutions.
+//
+// bfloat16 rows (the forward under bf16 autocast) are widened into a per-thread fp32 row, convolved there
+// with fp32 weights and bias, and rounded once on the way out: no fp32 copy of the whole tensor is made.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <vector>
 
 namespace {
@@ -42,7 +46,39 @@ void check(const torch::Tensor& x, const torch::Tensor& w) {
   TORCH_CHECK(x.dim() == 3 && x.is_contiguous(), "causal_conv1d: x must be a contiguous (B, E, L) tensor");
   TORCH_CHECK(w.dim() == 2 && w.is_contiguous() && w.size(0) == x.size(1),
               "causal_conv1d: weight must be a contiguous (E, K) tensor");
-  TORCH_CHECK(x.scalar_type() == w.scalar_type(), "causal_conv1d: x and weight must share a dtype");
+  const auto compute = x.scalar_type() == at::kBFloat16 ? at::kFloat : x.scalar_type();
+  TORCH_CHECK(w.scalar_type() == compute, "causal_conv1d: weight must be ", compute, " for ", x.scalar_type(),
+              " input, got ", w.scalar_type());
+}
+
+// One (batch, channel) row of the forward in T: o = bias + sum_k w[k] * in shifted.
+template <typename T>
+inline void conv_row(const T* in, const T* w, T b, int64_t length, int64_t width, bool reverse, T* o) {
+  for (int64_t t = 0; t < length; ++t) o[t] = b;
+  for (int64_t k = 0; k < width; ++k) axpy_shifted(o, in, w[k], length, tap_shift(k, width, reverse));
+}
+
+void conv_fwd_bf16(const torch::Tensor& x, const torch::Tensor& w, const c10::optional<torch::Tensor>& bias,
+                   bool reverse, torch::Tensor& out) {
+  const int64_t channels = x.size(1), length = x.size(2), width = w.size(1);
+  const at::BFloat16* xp = x.data_ptr<at::BFloat16>();
+  const float* wp = w.data_ptr<float>();
+  const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+  at::BFloat16* op = out.data_ptr<at::BFloat16>();
+  at::parallel_for(0, x.size(0) * channels, 1, [&](int64_t begin, int64_t end) {
+    thread_local std::vector<float> rows;  // widened input row, then the fp32 result; reused across calls
+    if (rows.size() < static_cast<size_t>(2 * length)) rows.resize(2 * length);
+    float* in = rows.data();
+    float* acc = in + length;
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t e = row % channels;
+      const at::BFloat16* src = xp + row * length;
+      for (int64_t t = 0; t < length; ++t) in[t] = static_cast<float>(src[t]);
+      conv_row(in, wp + e * width, bp ? bp[e] : 0.0f, length, width, reverse, acc);
+      at::BFloat16* dst = op + row * length;
+      for (int64_t t = 0; t < length; ++t) dst[t] = static_cast<at::BFloat16>(acc[t]);
+    }
+  });
 }
 
 }  // namespace
@@ -51,6 +87,10 @@ torch::Tensor causal_conv1d_fwd(torch::Tensor x, torch::Tensor w, c10::optional<
   check(x, w);
   const int64_t batch = x.size(0), channels = x.size(1), length = x.size(2), width = w.size(1);
   auto out = torch::empty_like(x);
+  if (x.scalar_type() == at::kBFloat16) {
+    conv_fwd_bf16(x, w, bias, reverse, out);
+    return out;
+  }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "causal_conv1d_fwd", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const scalar_t* wp = w.data_ptr<scalar_t>();
@@ -59,11 +99,8 @@ torch::Tensor causal_conv1d_fwd(torch::Tensor x, torch::Tensor w, c10::optional<
     at::parallel_for(0, batch * channels, 1, [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
         const int64_t e = row % channels;
-        scalar_t* o = op + row * length;
-        const scalar_t* in = xp + row * length;
-        const scalar_t b = bp ? bp[e] : scalar_t(0);
-        for (int64_t t = 0; t < length; ++t) o[t] = b;
-        for (int64_t k = 0; k < width; ++k) axpy_shifted(o, in, wp[e * width + k], length, tap_shift(k, width, reverse));
+        conv_row(xp + row * length, wp + e * width, bp ? bp[e] : scalar_t(0), length, width, reverse,
+                 op + row * length);
       }
     });
   });

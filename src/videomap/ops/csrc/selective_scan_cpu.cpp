@@ -6,7 +6,8 @@
 //   out_t    = y_t * silu(z_t)                         (when z is given)
 //
 // Layout and vectorisation. The recurrence is sequential in time but independent across channels, so one
-// SIMD register holds 16 channels (one lane each) of one batch element, and the N states of such a
+// SIMD vector holds 16 channels (one lane each; one AVX-512 register, or two AVX2 registers) of one batch
+// element, and the N states of such a
 // 16-channel block stay in registers along the sequence. (Parallel-in-time formulations are slower than
 // this loop on CPU, and the cheap chunked ones overflow in fp32.) u, delta, z and out are (B, E, L), so
 // each 64-step chunk of a block goes through a small tile: 16 rows read contiguously along L and transposed
@@ -45,13 +46,24 @@
 #include <cstdint>
 #include <cstring>
 #include <optional>
+#include <string>
 #include <vector>
 
-#if defined(__AVX512F__) && !defined(VIDEOMAP_SCAN_GENERIC)
-#include <immintrin.h>
+// Instruction-set variant, fixed at compile time by the target flags (scan_cpu.py passes -march=native,
+// -march=x86-64-v3 or -march=x86-64-v4): AVX-512 (F, BW, VL), else AVX2 with FMA, else the portable
+// 16-lane template below. VIDEOMAP_SCAN_GENERIC forces the portable one.
+#if !defined(VIDEOMAP_SCAN_GENERIC) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #define VM_SCAN_AVX512 1
+#define VM_SCAN_AVX2 0
+#elif !defined(VIDEOMAP_SCAN_GENERIC) && defined(__AVX2__) && defined(__FMA__)
+#define VM_SCAN_AVX512 0
+#define VM_SCAN_AVX2 1
 #else
 #define VM_SCAN_AVX512 0
+#define VM_SCAN_AVX2 0
+#endif
+#if VM_SCAN_AVX512 || VM_SCAN_AVX2
+#include <immintrin.h>
 #endif
 
 namespace {
@@ -189,26 +201,32 @@ template <typename S> inline VG<S> select_nonneg(const VG<S>& x, const VG<S>& a,
   VG<S> r; VM_LANES(i) r.v[i] = x.v[i] >= S(0) ? a.v[i] : b.v[i]; return r;
 }
 
+// Time-indexed tensors (u, delta, z, B, C, out) may be bfloat16 in the fp32 forward: the tiles convert on
+// the way in (exactly) and out (rounded to nearest even), the state and all arithmetic stay fp32.
+using bf16 = at::BFloat16;
+
 template <typename S>
 struct TileOps {
   // dst[t * dst_ld + 16 * grp + r] = src[(16 * grp + r) * ld + t] for rows < nrows, 0 for rows >= nrows.
-  static void tile_in(const S* src, int64_t ld, int nrows, int ngroups, int ncols, S* dst, int dst_ld) {
+  template <typename In>
+  static void tile_in(const In* src, int64_t ld, int nrows, int ngroups, int ncols, S* dst, int dst_ld) {
     for (int grp = 0; grp < ngroups; ++grp)
       for (int r = 0; r < W; ++r) {
         const int row = grp * W + r;
         S* d = dst + grp * W + r;
         if (row < nrows) {
-          const S* s = src + row * ld;
-          for (int t = 0; t < ncols; ++t) d[t * dst_ld] = s[t];
+          const In* s = src + row * ld;
+          for (int t = 0; t < ncols; ++t) d[t * dst_ld] = static_cast<S>(s[t]);
         } else {
           for (int t = 0; t < ncols; ++t) d[t * dst_ld] = S(0);
         }
       }
   }
   // dst[r * ld + t] = src[t * 16 + r] for rows < nrows.
-  static void tile_out(const S* src, int nrows, int ncols, S* dst, int64_t ld) {
+  template <typename Out>
+  static void tile_out(const S* src, int nrows, int ncols, Out* dst, int64_t ld) {
     for (int r = 0; r < nrows; ++r)
-      for (int t = 0; t < ncols; ++t) dst[r * ld + t] = src[t * W + r];
+      for (int t = 0; t < ncols; ++t) dst[r * ld + t] = static_cast<Out>(src[t * W + r]);
   }
   // dst[i] = sum over the lanes of the vector at src + i * stride, for i < ncols.
   static void reduce_rows(const S* src, int64_t stride, int ncols, S* dst) {
@@ -323,10 +341,27 @@ __attribute__((always_inline)) inline void transpose16(__m512 r[W]) {
   }
 }
 
+// Up to 16 consecutive values (mask mk) as fp32, and back; bf16 <-> fp32 is a 16-bit shift, the way out
+// rounding to nearest even (NaN kept quiet) as torch's conversion does.
+inline __m512 load16(const float* p, __mmask16 mk) { return _mm512_maskz_loadu_ps(mk, p); }
+inline __m512 load16(const bf16* p, __mmask16 mk) {
+  const __m256i h = _mm256_maskz_loadu_epi16(mk, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+inline void store16(float* p, __mmask16 mk, __m512 v) { _mm512_mask_storeu_ps(p, mk, v); }
+inline void store16(bf16* p, __mmask16 mk, __m512 v) {
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
+  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+  _mm256_mask_storeu_epi16(p, mk, _mm512_cvtepi32_epi16(r));
+}
+
 // Every loop below has a constant trip count so that the 16 vectors stay in registers.
 template <>
 struct TileOps<float> {
-  static void tile_in(const float* src, int64_t ld, int nrows, int ngroups, int ncols, float* dst, int dst_ld) {
+  template <typename In>
+  static void tile_in(const In* src, int64_t ld, int nrows, int ngroups, int ncols, float* dst, int dst_ld) {
     for (int grp = 0; grp < ngroups; ++grp) {
       for (int c0 = 0; c0 < ncols; c0 += W) {
         const __mmask16 mk = col_mask(ncols - c0);
@@ -334,7 +369,7 @@ struct TileOps<float> {
 #pragma GCC unroll 16
         for (int i = 0; i < W; ++i) {
           const int row = grp * W + i;
-          r[i] = row < nrows ? _mm512_maskz_loadu_ps(mk, src + row * ld + c0) : _mm512_setzero_ps();
+          r[i] = row < nrows ? load16(src + row * ld + c0, mk) : _mm512_setzero_ps();
         }
         transpose16(r);
         // whole 16-column blocks: a tile holds TCH columns, so the columns past ncols are scratch
@@ -343,7 +378,8 @@ struct TileOps<float> {
       }
     }
   }
-  static void tile_out(const float* src, int nrows, int ncols, float* dst, int64_t ld) {
+  template <typename Out>
+  static void tile_out(const float* src, int nrows, int ncols, Out* dst, int64_t ld) {
     for (int c0 = 0; c0 < ncols; c0 += W) {
       const __mmask16 mk = col_mask(ncols - c0);
       __m512 r[W];
@@ -352,7 +388,7 @@ struct TileOps<float> {
       transpose16(r);
 #pragma GCC unroll 16
       for (int i = 0; i < W; ++i)
-        if (i < nrows) _mm512_mask_storeu_ps(dst + i * ld + c0, mk, r[i]);
+        if (i < nrows) store16(dst + i * ld + c0, mk, r[i]);
     }
   }
   // Transposing add tree: 16 vectors -> one vector of their 16 lane sums. Each level adds pairs as
@@ -394,6 +430,210 @@ struct TileOps<float> {
 };
 #endif  // VM_SCAN_AVX512
 
+#if VM_SCAN_AVX2
+// ---------------------------------------------------------------------------------------------------
+// AVX2 + FMA fp32 vector (x86-64-v3). A 16-lane value is two 8-lane registers, so blocks, tiles and
+// checkpoints keep the 16-channel layout of the other variants; each operation is two instructions.
+// ---------------------------------------------------------------------------------------------------
+struct VF {
+  using T = float;
+  __m256 a, b;  // lanes 0-7 and 8-15
+  static VF zero() { return {_mm256_setzero_ps(), _mm256_setzero_ps()}; }
+  static VF set1(float x) { const __m256 v = _mm256_set1_ps(x); return {v, v}; }
+  static VF load(const float* p) { return {_mm256_load_ps(p), _mm256_load_ps(p + 8)}; }
+  void store(float* p) const { _mm256_store_ps(p, a); _mm256_store_ps(p + 8, b); }
+};
+inline VF operator+(VF x, VF y) { return {_mm256_add_ps(x.a, y.a), _mm256_add_ps(x.b, y.b)}; }
+inline VF operator-(VF x, VF y) { return {_mm256_sub_ps(x.a, y.a), _mm256_sub_ps(x.b, y.b)}; }
+inline VF operator*(VF x, VF y) { return {_mm256_mul_ps(x.a, y.a), _mm256_mul_ps(x.b, y.b)}; }
+inline VF operator/(VF x, VF y) { return {_mm256_div_ps(x.a, y.a), _mm256_div_ps(x.b, y.b)}; }
+inline VF vfma(VF x, VF y, VF c) { return {_mm256_fmadd_ps(x.a, y.a, c.a), _mm256_fmadd_ps(x.b, y.b, c.b)}; }
+inline VF select_gt(VF x, float thr, VF p, VF q) {
+  const __m256 t = _mm256_set1_ps(thr);
+  return {_mm256_blendv_ps(q.a, p.a, _mm256_cmp_ps(x.a, t, _CMP_GT_OQ)),
+          _mm256_blendv_ps(q.b, p.b, _mm256_cmp_ps(x.b, t, _CMP_GT_OQ))};
+}
+
+inline __m256 exp2_poly8(__m256 f) {
+  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(kE6), f, _mm256_set1_ps(kE5));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kE4));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kE3));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kE2));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kE1));
+  return _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+}
+// p * 2^k for integral k in [-160, 130]: AVX2 has no scalef, so 2^k is built from exponent bits in two
+// halves that each stay in the normal range. A NaN k converts to INT_MIN; its p is NaN, so is the product.
+inline __m256 scale_pow2_8(__m256 p, __m256 k) {
+  const __m256i ki = _mm256_cvtps_epi32(k), k1 = _mm256_srai_epi32(ki, 1), k2 = _mm256_sub_epi32(ki, k1);
+  const __m256i bias = _mm256_set1_epi32(127);
+  const __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(k1, bias), 23));
+  const __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(k2, bias), 23));
+  return _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
+}
+// max/min return their second operand when one is NaN: x second so that NaN propagates
+inline __m256 vexp2_8(__m256 x) {
+  x = _mm256_min_ps(_mm256_set1_ps(130.0f), _mm256_max_ps(_mm256_set1_ps(-160.0f), x));
+  const __m256 k = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  return scale_pow2_8(exp2_poly8(_mm256_sub_ps(x, k)), k);
+}
+// e^x with the reduction in base e, as the portable twin
+inline __m256 vexp_8(__m256 x) {
+  x = _mm256_min_ps(_mm256_set1_ps(89.0f), _mm256_max_ps(_mm256_set1_ps(-104.0f), x));
+  const __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kLog2eF)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(kLn2Hi), x);
+  r = _mm256_fnmadd_ps(k, _mm256_set1_ps(kLn2Lo), r);
+  return scale_pow2_8(exp2_poly8(_mm256_mul_ps(r, _mm256_set1_ps(kLog2eF))), k);
+}
+inline VF vexp2(VF x) { return {vexp2_8(x.a), vexp2_8(x.b)}; }
+inline VF vexp(VF x) { return {vexp_8(x.a), vexp_8(x.b)}; }
+// log1p(e) for e in [0, 1], as the AVX-512 twin
+inline __m256 vlog1p01_8(__m256 e) {
+  const __m256 s = _mm256_div_ps(e, _mm256_add_ps(e, _mm256_set1_ps(2.0f)));
+  const __m256 s2 = _mm256_mul_ps(s, s);
+  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(1.0f / 15.0f), s2, _mm256_set1_ps(1.0f / 13.0f));
+  p = _mm256_fmadd_ps(p, s2, _mm256_set1_ps(1.0f / 11.0f));
+  p = _mm256_fmadd_ps(p, s2, _mm256_set1_ps(1.0f / 9.0f));
+  p = _mm256_fmadd_ps(p, s2, _mm256_set1_ps(1.0f / 7.0f));
+  p = _mm256_fmadd_ps(p, s2, _mm256_set1_ps(1.0f / 5.0f));
+  p = _mm256_fmadd_ps(p, s2, _mm256_set1_ps(1.0f / 3.0f));
+  p = _mm256_fmadd_ps(p, s2, _mm256_set1_ps(1.0f));
+  return _mm256_mul_ps(_mm256_add_ps(s, s), p);
+}
+inline VF vlog1p01(VF e) { return {vlog1p01_8(e.a), vlog1p01_8(e.b)}; }
+inline VF vabs(VF x) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  return {_mm256_andnot_ps(sign, x.a), _mm256_andnot_ps(sign, x.b)};
+}
+inline VF vmax(VF x, VF y) { return {_mm256_max_ps(x.a, y.a), _mm256_max_ps(x.b, y.b)}; }
+inline VF select_nonneg(VF x, VF p, VF q) {
+  const __m256 z = _mm256_setzero_ps();
+  return {_mm256_blendv_ps(q.a, p.a, _mm256_cmp_ps(x.a, z, _CMP_GE_OQ)),
+          _mm256_blendv_ps(q.b, p.b, _mm256_cmp_ps(x.b, z, _CMP_GE_OQ))};
+}
+
+// Lanes [0, n) of an 8-lane mask for maskload/maskstore.
+inline __m256i lane_mask8(int n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+// Up to 8 consecutive values as fp32, and back (bf16 as in the AVX-512 twin: shift in, round to nearest
+// even out). AVX2 has no 16-bit masked moves: partial bf16 rows go through a small buffer.
+inline __m256 load8(const float* p, int n) {
+  return n >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, lane_mask8(n));
+}
+inline __m256 load8(const bf16* p, int n) {
+  alignas(16) uint16_t tmp[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  const void* src = p;
+  if (n < 8) {
+    std::memcpy(tmp, p, sizeof(uint16_t) * n);
+    src = tmp;
+  }
+  const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(static_cast<const __m128i*>(src)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
+inline void store8(float* p, int n, __m256 v) {
+  if (n >= 8) _mm256_storeu_ps(p, v);
+  else _mm256_maskstore_ps(p, lane_mask8(n), v);
+}
+inline void store8(bf16* p, int n, __m256 v) {
+  const __m256i bits = _mm256_castps_si256(v);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
+  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+  // 32 -> 16 bits: packus works per 128-bit half, the permute gathers both halves' results
+  const __m128i h = _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0xD8));
+  if (n >= 8) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), h);
+  } else {
+    alignas(16) uint16_t tmp[8];
+    _mm_store_si128(reinterpret_cast<__m128i*>(tmp), h);
+    std::memcpy(p, tmp, sizeof(uint16_t) * n);
+  }
+}
+
+// In-register transpose of an 8x8 fp32 block: r[i][j] -> r[j][i].
+__attribute__((always_inline)) inline void transpose8(__m256 r[8]) {
+  __m256 t[8], s[8];
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+#pragma GCC unroll 2
+  for (int g = 0; g < 2; ++g) {  // s[4g + j]: column j (low half) and j + 4 (high half) of rows 4g..4g+3
+    s[4 * g + 0] = _mm256_shuffle_ps(t[4 * g], t[4 * g + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    s[4 * g + 1] = _mm256_shuffle_ps(t[4 * g], t[4 * g + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    s[4 * g + 2] = _mm256_shuffle_ps(t[4 * g + 1], t[4 * g + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    s[4 * g + 3] = _mm256_shuffle_ps(t[4 * g + 1], t[4 * g + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {
+    r[j] = _mm256_permute2f128_ps(s[j], s[4 + j], 0x20);
+    r[4 + j] = _mm256_permute2f128_ps(s[j], s[4 + j], 0x31);
+  }
+}
+
+// The 16-row tiles as four 8x8 transposes.
+template <>
+struct TileOps<float> {
+  template <typename In>
+  static void tile_in(const In* src, int64_t ld, int nrows, int ngroups, int ncols, float* dst, int dst_ld) {
+    for (int grp = 0; grp < ngroups; ++grp)
+      for (int c0 = 0; c0 < ncols; c0 += 8) {
+        const int nc = std::min(8, ncols - c0);
+#pragma GCC unroll 2
+        for (int half = 0; half < 2; ++half) {
+          __m256 r[8];
+#pragma GCC unroll 8
+          for (int i = 0; i < 8; ++i) {
+            const int row = grp * W + half * 8 + i;
+            r[i] = row < nrows ? load8(src + row * ld + c0, nc) : _mm256_setzero_ps();
+          }
+          transpose8(r);
+          // whole 8-column blocks: a tile holds TCH columns, so the columns past ncols are scratch
+#pragma GCC unroll 8
+          for (int j = 0; j < 8; ++j) _mm256_store_ps(dst + (c0 + j) * dst_ld + grp * W + half * 8, r[j]);
+        }
+      }
+  }
+  template <typename Out>
+  static void tile_out(const float* src, int nrows, int ncols, Out* dst, int64_t ld) {
+    for (int c0 = 0; c0 < ncols; c0 += 8) {
+      const int nc = std::min(8, ncols - c0);
+#pragma GCC unroll 2
+      for (int half = 0; half < 2; ++half) {
+        if (half * 8 >= nrows) break;
+        __m256 r[8];
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; ++j) r[j] = _mm256_load_ps(src + (c0 + j) * W + half * 8);
+        transpose8(r);
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; ++i)
+          if (half * 8 + i < nrows) store8(dst + (half * 8 + i) * ld + c0, nc, r[i]);
+      }
+    }
+  }
+  // Lane sums of 16-lane vectors, 8 at a time: fold the two halves, then a horizontal-add tree whose
+  // result holds the 8 sums in order.
+  static void reduce_rows(const float* src, int64_t stride, int ncols, float* dst) {
+    for (int i0 = 0; i0 < ncols; i0 += 8) {
+      __m256 v[8];
+#pragma GCC unroll 8
+      for (int m = 0; m < 8; ++m) {
+        const float* p = src + (i0 + m) * stride;
+        v[m] = _mm256_add_ps(_mm256_load_ps(p), _mm256_load_ps(p + 8));
+      }
+      const __m256 h01 = _mm256_hadd_ps(v[0], v[1]), h23 = _mm256_hadd_ps(v[2], v[3]);
+      const __m256 h45 = _mm256_hadd_ps(v[4], v[5]), h67 = _mm256_hadd_ps(v[6], v[7]);
+      const __m256 q0 = _mm256_hadd_ps(h01, h23), q1 = _mm256_hadd_ps(h45, h67);
+      const __m256 sum = _mm256_add_ps(_mm256_permute2f128_ps(q0, q1, 0x20), _mm256_permute2f128_ps(q0, q1, 0x31));
+      store8(dst + i0, std::min(8, ncols - i0), sum);
+    }
+  }
+};
+#endif  // VM_SCAN_AVX2
+
 // ---------------------------------------------------------------------------------------------------
 // Shared math on either vector type.
 // ---------------------------------------------------------------------------------------------------
@@ -421,7 +661,7 @@ inline VG<double> decay_coef(const VG<double>& A) { return A; }
 inline VG<double> decay(const VG<double>& dt, const VG<double>& coef) { return vexp(dt * coef); }
 inline VG<float> decay_coef(const VG<float>& A) { return A * VG<float>::set1(kLog2eF); }
 inline VG<float> decay(const VG<float>& dt, const VG<float>& coef) { return vexp2(dt * coef); }
-#if VM_SCAN_AVX512
+#if VM_SCAN_AVX512 || VM_SCAN_AVX2
 inline VF decay_coef(VF A) { return A * VF::set1(kLog2eF); }
 inline VF decay(VF dt, VF coef) { return vexp2(dt * coef); }
 #endif
@@ -450,10 +690,19 @@ struct Shape {
   bool reverse = false;  // forward only: step t reads and writes position L - 1 - t
 };
 
-template <typename S>
+// In: the element type of the time-indexed tensors (S, or bf16 in the fp32 scan).
+template <typename S, typename In = S>
 struct FwdArgs {
-  const S *u, *delta, *A, *B, *C, *D, *z, *bias, *init;
-  S *out, *last, *ckpt;
+  const In *u, *delta;
+  const S* A;
+  const In *B, *C;
+  const S* D;
+  const In* z;
+  const S *bias, *init;
+  In* out;
+  S *last, *ckpt;
+  S scale;          // out = scale * y, ...
+  bool accumulate;  // ... or out += scale * y, adding to what out holds
 };
 
 template <typename S>
@@ -495,11 +744,13 @@ inline void prefetch_line(const void* q) {
 }
 template <typename S>
 inline void prefetch_step(const Rows<S>* sets, int nsets, int t) {
+  static_assert(TCH * sizeof(S) >= 64, "a chunk row spans whole cache lines");
   constexpr int lines = TCH * static_cast<int>(sizeof(S)) / 64;  // cache lines per row of a chunk
-  constexpr int per = W * lines / TCH;                           // lines per set and step
+  constexpr int total = W * lines;                               // lines per set and chunk
+  const int first = t * total / TCH, end = (t + 1) * total / TCH;  // this step's share of them
 #pragma GCC unroll 2
-  for (int q = 0; q < per; ++q) {
-    const int idx = t * per + q, row = idx / lines, line = idx % lines;
+  for (int idx = first; idx < end; ++idx) {
+    const int row = idx / lines, line = idx % lines;
     for (int i = 0; i < nsets; ++i)
       if (row < sets[i].nrows)
         prefetch_line(sets[i].p + row * sets[i].ld + line * (64 / static_cast<int>(sizeof(S))));
@@ -622,7 +873,8 @@ struct Scan {
     (bias ? gather_lanes<V>(bias + e0, 1, nl) : V::zero()).store(biasv);
   }
 
-  static void forward(const Shape& s, const FwdArgs<S>& p, int64_t P) {
+  template <typename In>
+  static void forward(const Shape& s, const FwdArgs<S, In>& p, int64_t P) {
     const int64_t maxnb = (s.nblk + P - 1) / P;
     run_tasks(s.batch * s.G * P, [&](const auto& take, int64_t ntask) {
       Arena<S> arena(4 * TCH * W + 2 * TCH * NT + maxnb * (2 * VS + 2 * W) + 16 * 16);
@@ -645,8 +897,10 @@ struct Scan {
           if (p.init) load_rows(p.init + (tk.b * s.E + e0) * s.N, s, nl, hst + i * VS);
           else for (int n = 0; n < VS; ++n) hst[i * VS + n] = S(0);
         }
-        const S* Bsrc = p.B + tk.bg * s.N * s.L;
-        const S* Csrc = p.C + tk.bg * s.N * s.L;
+        const In* Bsrc = p.B + tk.bg * s.N * s.L;
+        const In* Csrc = p.C + tk.bg * s.N * s.L;
+        const V scale = V::set1(p.scale);
+        const bool scaled = p.scale != S(1);
         for (int64_t k = 0; k < s.K; ++k) {
           const int64_t t0 = k * TCH;
           const int T = static_cast<int>(std::min<int64_t>(TCH, s.L - t0));
@@ -680,7 +934,7 @@ struct Scan {
             prep_delta(dtt, T, V::load(biass + i * W), s.softplus, nullptr);
 
             // what the next unit of work reads
-            Rows<S> next[5];
+            Rows<In> next[5];
             int nsets = 0;
             {
               const bool last_blk = i + 1 == tk.nb;
@@ -709,9 +963,14 @@ struct Scan {
                 const V zv = V::load(zt + t * W);
                 y = y * (zv * sigmoid(zv));
               }
+              if (scaled) y = y * scale;
               y.store(yt + t * W);
             }
             if (s.reverse) flip_steps(yt, T, W);
+            if (p.accumulate) {  // in position order now; zt is free again
+              Tile::tile_in(p.out + row0 + c0, s.L, nl, 1, T, zt, W);
+              for (int t = 0; t < T; ++t) (V::load(yt + t * W) + V::load(zt + t * W)).store(yt + t * W);
+            }
             Tile::tile_out(yt, nl, T, p.out + row0 + c0, s.L);
 #pragma GCC unroll 16
             for (int n = 0; n < NT; ++n) h[n].store(hst + i * VS + n * W);
@@ -933,7 +1192,7 @@ struct Scan {
 // Host side.
 // ---------------------------------------------------------------------------------------------------
 template <typename S> struct VecFor { using type = VG<S>; };
-#if VM_SCAN_AVX512
+#if VM_SCAN_AVX512 || VM_SCAN_AVX2
 template <> struct VecFor<float> { using type = VF; };
 #endif
 
@@ -955,21 +1214,26 @@ template <typename S> const S* ptr_or_null(const std::optional<at::Tensor>& t) {
   return t.has_value() && t->defined() ? t->data_ptr<S>() : nullptr;
 }
 
-void check_tensor(const at::Tensor& t, const char* name, const at::Tensor& ref, at::IntArrayRef shape) {
+void check_tensor(const at::Tensor& t, const char* name, at::ScalarType dtype, at::IntArrayRef shape) {
   TORCH_CHECK(t.device().is_cpu(), "selective_scan_cpu: `", name, "` must be a CPU tensor");
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "selective_scan_cpu: `", name, "` has dtype ", t.scalar_type(),
-              " but `u` has ", ref.scalar_type());
+  TORCH_CHECK(t.scalar_type() == dtype, "selective_scan_cpu: `", name, "` has dtype ", t.scalar_type(),
+              ", expected ", dtype);
   TORCH_CHECK(t.is_contiguous(), "selective_scan_cpu: `", name, "` must be contiguous");
   TORCH_CHECK(t.sizes() == shape, "selective_scan_cpu: `", name, "` must have shape ", shape, ", got ", t.sizes());
 }
-void check_opt(const std::optional<at::Tensor>& t, const char* name, const at::Tensor& ref, at::IntArrayRef shape) {
-  if (t.has_value() && t->defined()) check_tensor(*t, name, ref, shape);
+void check_opt(const std::optional<at::Tensor>& t, const char* name, at::ScalarType dtype, at::IntArrayRef shape) {
+  if (t.has_value() && t->defined()) check_tensor(*t, name, dtype, shape);
+}
+// The dtype of A, D, delta_bias and the states: u's, except float32 for bfloat16 time series.
+at::ScalarType state_dtype(const at::Tensor& u) {
+  return u.scalar_type() == at::kBFloat16 ? at::kFloat : u.scalar_type();
 }
 
 Shape make_shape(const at::Tensor& u, const at::Tensor& A, const at::Tensor& B, bool softplus) {
   TORCH_CHECK(u.dim() == 3, "selective_scan_cpu: `u` must be (B, E, L)");
-  TORCH_CHECK(u.scalar_type() == at::kFloat || u.scalar_type() == at::kDouble,
-              "selective_scan_cpu: only float32 and float64 are supported, got ", u.scalar_type());
+  TORCH_CHECK(u.scalar_type() == at::kFloat || u.scalar_type() == at::kDouble || u.scalar_type() == at::kBFloat16,
+              "selective_scan_cpu: only float32, float64 and (forward) bfloat16 are supported, got ",
+              u.scalar_type());
   TORCH_CHECK(A.dim() == 2 && B.dim() == 4, "selective_scan_cpu: A must be (E, N) and B, C (B, G, N, L)");
   Shape s;
   s.batch = u.size(0);
@@ -989,14 +1253,15 @@ Shape make_shape(const at::Tensor& u, const at::Tensor& A, const at::Tensor& B, 
 void check_inputs(const Shape& s, const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                   const at::Tensor& B, const at::Tensor& C, const std::optional<at::Tensor>& D,
                   const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& bias) {
-  check_tensor(u, "u", u, {s.batch, s.E, s.L});
-  check_tensor(delta, "delta", u, {s.batch, s.E, s.L});
-  check_tensor(A, "A", u, {s.E, s.N});
-  check_tensor(B, "B", u, {s.batch, s.G, s.N, s.L});
-  check_tensor(C, "C", u, {s.batch, s.G, s.N, s.L});
-  check_opt(D, "D", u, {s.E});
-  check_opt(z, "z", u, {s.batch, s.E, s.L});
-  check_opt(bias, "delta_bias", u, {s.E});
+  const at::ScalarType time = u.scalar_type(), state = state_dtype(u);
+  check_tensor(u, "u", time, {s.batch, s.E, s.L});
+  check_tensor(delta, "delta", time, {s.batch, s.E, s.L});
+  check_tensor(A, "A", state, {s.E, s.N});
+  check_tensor(B, "B", time, {s.batch, s.G, s.N, s.L});
+  check_tensor(C, "C", time, {s.batch, s.G, s.N, s.L});
+  check_opt(D, "D", state, {s.E});
+  check_opt(z, "z", time, {s.batch, s.E, s.L});
+  check_opt(bias, "delta_bias", state, {s.E});
 }
 
 // How many ranges the blocks of a (batch, group) are cut into: enough independent tasks for the threads,
@@ -1016,21 +1281,37 @@ std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const at::Tensor& delta, c
                                  const at::Tensor& B, const at::Tensor& C, const std::optional<at::Tensor>& D,
                                  const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& bias,
                                  const std::optional<at::Tensor>& init, bool softplus, bool save_checkpoints,
-                                 bool reverse) {
+                                 bool reverse, const std::optional<at::Tensor>& out_buffer, double scale,
+                                 bool accumulate) {
   Shape s = make_shape(u, A, B, softplus);
   s.reverse = reverse;
   check_inputs(s, u, delta, A, B, C, D, z, bias);
-  check_opt(init, "initial_state", u, {s.batch, s.E, s.N});
-  at::Tensor out = at::empty_like(u);
-  at::Tensor last = at::empty({s.batch, s.E, s.N}, u.options());
-  at::Tensor ckpt = at::empty({save_checkpoints ? s.batch : 0, s.K, s.E, s.N}, u.options());
+  const at::ScalarType state = state_dtype(u);
+  check_opt(init, "initial_state", state, {s.batch, s.E, s.N});
+  check_opt(out_buffer, "out", u.scalar_type(), {s.batch, s.E, s.L});
+  const bool given = out_buffer.has_value() && out_buffer->defined();
+  TORCH_CHECK(given || !accumulate, "selective_scan_cpu: accumulating needs an `out` tensor");
+  at::Tensor out = given ? *out_buffer : at::empty_like(u);
+  auto state_opts = u.options().dtype(state);
+  at::Tensor last = at::empty({s.batch, s.E, s.N}, state_opts);
+  at::Tensor ckpt = at::empty({save_checkpoints ? s.batch : 0, s.K, s.E, s.N}, state_opts);
+  const int64_t P = block_ranges(s, 3);
+  if (u.scalar_type() == at::kBFloat16) {
+    FwdArgs<float, bf16> a{u.data_ptr<bf16>(), delta.data_ptr<bf16>(), A.data_ptr<float>(), B.data_ptr<bf16>(),
+                           C.data_ptr<bf16>(), ptr_or_null<float>(D), ptr_or_null<bf16>(z), ptr_or_null<float>(bias),
+                           ptr_or_null<float>(init), out.data_ptr<bf16>(), last.data_ptr<float>(),
+                           save_checkpoints ? ckpt.data_ptr<float>() : nullptr, static_cast<float>(scale), accumulate};
+    dispatch_n<float, RunFwd>(s.N, s, a, P);
+    return {out, last, ckpt};
+  }
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_fwd", [&] {
     FwdArgs<scalar_t> a{u.data_ptr<scalar_t>(), delta.data_ptr<scalar_t>(), A.data_ptr<scalar_t>(),
                         B.data_ptr<scalar_t>(), C.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(D),
                         ptr_or_null<scalar_t>(z), ptr_or_null<scalar_t>(bias), ptr_or_null<scalar_t>(init),
                         out.data_ptr<scalar_t>(), last.data_ptr<scalar_t>(),
-                        save_checkpoints ? ckpt.data_ptr<scalar_t>() : nullptr};
-    dispatch_n<scalar_t, RunFwd>(s.N, s, a, block_ranges(s, 3));
+                        save_checkpoints ? ckpt.data_ptr<scalar_t>() : nullptr, static_cast<scalar_t>(scale),
+                        accumulate};
+    dispatch_n<scalar_t, RunFwd>(s.N, s, a, P);
   });
   return {out, last, ckpt};
 }
@@ -1059,10 +1340,11 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& delta, c
                                  const std::optional<at::Tensor>& dlast, bool softplus, bool want_dB, bool want_dC,
                                  bool want_dinit) {
   const Shape s = make_shape(u, A, B, softplus);
+  TORCH_CHECK(u.scalar_type() != at::kBFloat16, "selective_scan_cpu: the backward runs in float32 or float64");
   check_inputs(s, u, delta, A, B, C, D, z, bias);
-  check_tensor(ckpt, "checkpoints", u, {s.batch, s.K, s.E, s.N});
-  check_opt(dout, "grad_out", u, {s.batch, s.E, s.L});
-  check_opt(dlast, "grad_last_state", u, {s.batch, s.E, s.N});
+  check_tensor(ckpt, "checkpoints", u.scalar_type(), {s.batch, s.K, s.E, s.N});
+  check_opt(dout, "grad_out", u.scalar_type(), {s.batch, s.E, s.L});
+  check_opt(dlast, "grad_last_state", u.scalar_type(), {s.batch, s.E, s.N});
   const bool hasD = D.has_value() && D->defined(), hasz = z.has_value() && z->defined();
   const bool hasbias = bias.has_value() && bias->defined();
   auto opts = u.options();
@@ -1104,6 +1386,8 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& delta, c
 }
 
 bool has_avx512() { return VM_SCAN_AVX512 != 0; }
+// The fp32 path compiled in: "avx512", "avx2" or "generic" (the portable 16-lane template).
+std::string isa() { return VM_SCAN_AVX512 ? "avx512" : VM_SCAN_AVX2 ? "avx2" : "generic"; }
 
 }  // namespace
 
@@ -1119,4 +1403,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "selective scan backward: (du, ddelta, dA per batch, dB, dC, dD per batch, dz, ddelta_bias per batch, "
         "dinitial_state)");
   m.def("has_avx512", &has_avx512, "whether the fp32 path was compiled with AVX-512");
+  m.def("isa", &isa, "the instruction-set variant of the fp32 path: avx512, avx2 or generic");
 }
