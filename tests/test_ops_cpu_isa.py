@@ -155,3 +155,34 @@ def test_a_forced_variant_the_cpu_lacks_is_refused(monkeypatch):
     with pytest.raises(RuntimeError, match="lacks"):
         scan_cpu._check_cpu_supports("avx512")
     scan_cpu._check_cpu_supports("generic")
+
+
+# ------------------------------------------------------------------------------------- build locks
+
+
+def test_a_lock_left_by_a_dead_build_is_removed(tmp_path):
+    import os
+    import time
+
+    from videomap.ops.scan_cpu import wait_for_build_lock
+
+    (tmp_path / "build.ninja").write_text("")
+    (tmp_path / "lock").write_text("")
+    old = time.time() - 3600
+    for entry in tmp_path.iterdir():
+        os.utime(entry, (old, old))
+    assert wait_for_build_lock(tmp_path, stale_after=60, poll=0.01) is True
+    assert not (tmp_path / "lock").exists()
+    assert wait_for_build_lock(tmp_path, stale_after=60, poll=0.01) is False  # nothing to wait for
+
+
+def test_a_live_build_is_waited_for_not_broken(tmp_path):
+    import threading
+
+    from videomap.ops.scan_cpu import wait_for_build_lock
+
+    (tmp_path / "lock").write_text("")
+    finished = threading.Timer(0.3, (tmp_path / "lock").unlink)
+    finished.start()
+    assert wait_for_build_lock(tmp_path, stale_after=60, poll=0.01) is False  # returned once the build ended
+    finished.join()

@@ -23,15 +23,19 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import platform
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .scan_checks import as_grouped, compute_dtype, flip_time
+
+log = logging.getLogger("videomap.ops")
 
 _CSRC = Path(__file__).resolve().parent / "csrc"
 # One extension holds every CPU kernel: the scan and the causal conv in front of it.
@@ -113,6 +117,48 @@ def _extension_name(isa: str, flags: list[str]) -> str:
     return f"videomap_scan_cpu_{isa}_{digest.hexdigest()[:12]}"
 
 
+#: A build lock with no file in its build folder touched for this long was left by an interrupted build.
+STALE_LOCK_SECONDS = 600.0
+
+
+def wait_for_build_lock(build_dir: str | os.PathLike, stale_after: float = STALE_LOCK_SECONDS,
+                        poll: float = 1.0) -> bool:
+    """Wait while another process builds into ``build_dir``; remove its ``lock`` if that build is dead.
+
+    torch's extension builder takes ``build_dir/lock`` for the length of a build and waits, without end, for
+    any lock it finds. A build killed part-way (a timeout, Ctrl-C) leaves the lock behind, and every later
+    process would then hang on import. A live build keeps writing objects into the folder, so a lock whose
+    folder has seen no change for ``stale_after`` seconds is taken as dead and removed, with a warning.
+
+    Returns whether a stale lock was removed.
+    """
+    folder = Path(build_dir)
+    lock = folder / "lock"
+    while lock.exists():
+        try:
+            newest = max(entry.stat().st_mtime for entry in folder.iterdir())
+        except (OSError, ValueError):  # the folder or an entry vanished meanwhile: look again
+            newest = time.time()
+        if time.time() - newest > stale_after:
+            log.warning("videomap: removing %s, left by an interrupted kernel build (nothing in %s changed for "
+                        "%.0f s)", lock, folder, time.time() - newest)
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()
+            return True
+        time.sleep(poll)
+    return False
+
+
+def _clear_dead_build(name: str) -> None:
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        build_dir = _get_build_directory(name, verbose=False)
+    except Exception:  # noqa: BLE001 - a private helper of torch's; without it torch's own wait applies
+        return
+    wait_for_build_lock(build_dir)
+
+
 def _build(verbose: bool, isa: str | None = None):
     from torch.utils.cpp_extension import load
 
@@ -124,7 +170,9 @@ def _build(verbose: bool, isa: str | None = None):
     failures = []
     for cflags, ldflags in _flag_sets(isa):
         try:
-            return load(name=_extension_name(isa, cflags + ldflags), sources=[str(source) for source in _SOURCES],
+            name = _extension_name(isa, cflags + ldflags)
+            _clear_dead_build(name)
+            return load(name=name, sources=[str(source) for source in _SOURCES],
                         extra_cflags=cflags, extra_ldflags=ldflags, verbose=verbose)
         except Exception as error:  # noqa: BLE001 - try the next flag set, report all at the end
             failures.append(f"[{' '.join(cflags)}] {type(error).__name__}: {str(error).strip()[-2000:]}")
