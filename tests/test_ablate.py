@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from videomap.ablate import StudyInterrupted, ablate_main, run_study
+from videomap.ablate import StudyInterrupted, ablate_main, report_study, run_study
 from videomap.ablate.report import paired_delta
 from videomap.ablate.spec import build_cells, cell_id, load_spec, resolve_spec
 from videomap.ablate.study import match_widths
@@ -212,6 +212,13 @@ def test_a_stopped_study_resumes_cell_by_cell(quick_study, tmp_path):
         run_study(STUDY, tmp_path, quick=True, device="cpu", on_cell_done=stop_after_first)
     assert len(first) == 1 and [p.stem for p in (tmp_path / "cells").glob("*.json")] == first
     assert not (tmp_path / "results.json").exists()
+
+    # A stopped study can be read: the report holds exactly the finished cell and runs nothing.
+    partial = report_study(STUDY, tmp_path, quick=True)
+    assert [c["id"] for c in partial["cells"]] == first and partial["cells_finished"] == 1
+    assert "1 of" in (tmp_path / "results.md").read_text()
+    assert [p.stem for p in (tmp_path / "cells").glob("*.json")] == first
+    (tmp_path / "results.json").unlink()
 
     rerun: list[str] = []
     resumed = run_study(STUDY, tmp_path, quick=True, device="cpu", on_cell_done=lambda c, r: rerun.append(r["id"]))

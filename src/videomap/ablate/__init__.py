@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, Mapping, Sequence
 from .spec import Cell, StudyError, build_cells, load_spec, resolve_spec
 from .study import StudyInterrupted, run_cells, write_json_atomic
 
-__all__ = ["Cell", "StudyError", "StudyInterrupted", "run_study", "ablate_main", "machine_facts"]
+__all__ = ["Cell", "StudyError", "StudyInterrupted", "run_study", "report_study", "ablate_main", "machine_facts"]
 
 log = logging.getLogger("videomap.ablate")
 
@@ -90,6 +90,19 @@ def run_study(spec_file: str | Path, out: str | Path = "runs/ablate", quick: boo
     return write_report(out, _results(spec, str(spec_file), run, time.perf_counter() - started))
 
 
+def report_study(spec_file: str | Path, out: str | Path = "runs/ablate", quick: bool = False,
+                 scale: str | None = None) -> Dict[str, Any]:
+    """Write the report of whatever cells of the study in ``out`` are finished, running none; returns
+    ``results.json``. For reading a study that is still running or was stopped."""
+    from .study import finished_cells
+
+    spec = resolve_spec(load_spec(spec_file), scale=scale, quick=quick)
+    out = Path(out)
+    if not (out / "cells").is_dir():
+        raise StudyError(f"{out} holds no finished cell of a study (no {out / 'cells'} folder)")
+    return write_report(out, _results(spec, str(spec_file), finished_cells(out, spec), 0.0))
+
+
 def ablate_main(argv: Sequence[str] | None = None) -> int:
     """``videomap ablate CONFIG.yaml [--quick] [--scale NAME] [--out DIR] [--device D]``; the exit code is 0
     when the study is complete, 2 when SIGTERM stopped it (rerun to continue), 1 when it cannot run."""
@@ -102,10 +115,15 @@ def ablate_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scale", default=None, help="a section of the file's 'scale:' (e.g. gpu) applied on top")
     parser.add_argument("--out", default="runs/ablate", help="output folder (default: runs/ablate)")
     parser.add_argument("--device", default=None, help="auto, cpu or cuda (default: the file's 'device')")
+    parser.add_argument("--report", action="store_true",
+                        help="only write the report of the cells already finished in --out (runs nothing)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
-        device = args.device or str(load_spec(args.config).get("device", "auto"))
-        results = run_study(args.config, args.out, quick=args.quick, scale=args.scale, device=device)
+        if args.report:
+            results = report_study(args.config, args.out, quick=args.quick, scale=args.scale)
+        else:
+            device = args.device or str(load_spec(args.config).get("device", "auto"))
+            results = run_study(args.config, args.out, quick=args.quick, scale=args.scale, device=device)
     except StudyInterrupted as stopped:
         print(f"videomap ablate: {stopped}; finished cells are kept in {args.out}, rerun the same command to "
               f"continue", file=sys.stderr)

@@ -345,6 +345,15 @@ def stop_on_sigterm() -> Iterator[threading.Event]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def finished_cells(out: Path, spec: Mapping[str, Any]) -> Dict[str, Any]:
+    """What ``out`` holds of the study, without running anything: the finished cells (in grid order), the
+    matched widths and the encoder timing if it was taken (else ``None``); the same shape as
+    :func:`run_cells`' result, so a stopped study can be reported."""
+    results = [done for cell in build_cells(spec) if (done := read_json(out / "cells" / f"{cell_id(cell)}.json"))]
+    return {"cells": results, "widths": match_widths(spec), "timing": read_json(out / "timing.json"),
+            "cells_run_now": 0, "seconds_now": 0.0}
+
+
 def run_cells(out: Path, spec: Mapping[str, Any], device: str = "auto",
               on_cell_done: Callable[[Cell, Dict[str, Any]], None] | None = None) -> Dict[str, Any]:
     """Run every unfinished cell, then the encoder timing; returns what is finished (also on disk).
