@@ -66,6 +66,7 @@ __all__ = [
     "predict",
     "classification_metrics",
     "validate",
+    "classifier_outputs",
     "run_eval",
 ]
 
@@ -403,6 +404,15 @@ def eval_output_dir(cfg: Config) -> Path:
     return Path(cfg.eval.output_dir) if cfg.eval.output_dir else Path(cfg.train.output_dir) / "eval"
 
 
+def classifier_outputs(model: nn.Module, checkpoint: Optional[str]) -> int:
+    """The number of classes ``model`` predicts; raises ``ValueError`` for a model without a head."""
+    num_classes = int(getattr(model, "num_classes", 0))
+    if num_classes <= 0:
+        raise ValueError(f"{checkpoint} has no classifier head (num_classes=0): fine-tune it first, "
+                         "or use `videomap extract` for its features")
+    return num_classes
+
+
 def model_classes(cfg: Config, num_classes: int) -> Optional[List[str]]:
     """Class names to number the test labels with: the model folder's, else ``data.classes``."""
     names = load_class_names(cfg.model.checkpoint) if cfg.model.checkpoint else None
@@ -428,10 +438,7 @@ def run_eval(cfg: Config, *, model: Optional[nn.Module] = None, runtime: Optiona
     setup_logging(runtime.rank)
     try:
         model = (model if model is not None else load_model(cfg)).to(runtime.device)
-        num_classes = int(getattr(model, "num_classes", 0))
-        if num_classes <= 0:
-            raise ValueError(f"{cfg.model.checkpoint} has no classifier head (num_classes=0): fine-tune it first, "
-                             "or use `videomap extract` for its features")
+        num_classes = classifier_outputs(model, cfg.model.checkpoint)
         names = model_classes(cfg, num_classes)
         annotations = read_split(cfg, "test", classes=names)
         classes = _fit_classes(names or annotations.classes, num_classes)

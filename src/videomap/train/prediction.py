@@ -26,7 +26,7 @@ import torch
 from ..data import VIDEO_EXTENSIONS, Annotations, VideoRecord
 from .checkpoint import atomic_write
 from .config import Config, save_config
-from .evaluate import build_test_dataset, load_class_names, load_model, predict, test_views
+from .evaluate import build_test_dataset, classifier_outputs, load_model, model_classes, predict, test_views
 from .runtime import Runtime, setup_logging
 
 __all__ = ["find_videos", "top_k", "run_predict", "format_table"]
@@ -102,17 +102,8 @@ def run_predict(cfg: Config, inputs: Sequence[str | os.PathLike], k: int = 5) ->
     setup_logging(runtime.rank)
     try:
         model = load_model(cfg).to(runtime.device)
-        num_classes = int(getattr(model, "num_classes", 0))
-        if num_classes <= 0:
-            raise ValueError(f"{cfg.model.checkpoint} has no classifier head (num_classes=0): fine-tune it first, "
-                             "or use `videomap extract` for its features")
-        names = load_class_names(cfg.model.checkpoint)
-        if names is None and cfg.data.classes:
-            from ..data import read_class_names
-
-            names = read_class_names(cfg.data.classes)
-        if names is not None and len(names) != num_classes:
-            raise ValueError(f"{len(names)} class names for a model with {num_classes} outputs")
+        num_classes = classifier_outputs(model, cfg.model.checkpoint)
+        names = model_classes(cfg, num_classes)
         classes = list(names) if names is not None else [str(i) for i in range(num_classes)]
         clips, crops = test_views(cfg)
         # Labels are unknown; 0 is a placeholder the dataset needs and nothing reads.
