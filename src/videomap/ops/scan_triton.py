@@ -40,6 +40,25 @@ def _softplus(x):
 
 
 @triton.jit
+def _channel_block(pid, N, seg_size, blocks_per_seg, b_group_size, c_group_size,
+                   BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The channels of program ``pid`` and their masks, shared by the forward and backward kernels: channel
+    indices ``e`` ``[BLOCK_E]``, the B and C groups they read, state indices ``n`` ``[BLOCK_N]``, the masks, and
+    the flat ``(E, N)`` offsets ``tile`` ``[BLOCK_E, BLOCK_N]`` of their states."""
+    seg = pid // blocks_per_seg
+    local = (pid % blocks_per_seg) * BLOCK_E + tl.arange(0, BLOCK_E)
+    mask_e = local < seg_size
+    e = seg * seg_size + local
+    gB = (seg * seg_size) // b_group_size
+    gC = (seg * seg_size) // c_group_size
+    n = tl.arange(0, BLOCK_N)
+    mask_n = n < N
+    mask = mask_e[:, None] & mask_n[None, :]
+    tile = e[:, None] * N + n[None, :]
+    return e, mask_e, gB, gC, n, mask_n, mask, tile
+
+
+@triton.jit
 def _scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, out_ptr, last_ptr, ckpt_ptr,
     L, E, N, seg_size, blocks_per_seg, b_group_size, c_group_size,
@@ -54,16 +73,8 @@ def _scan_fwd_kernel(
     DT = last_ptr.dtype.element_ty
     pid_b = tl.program_id(0).to(tl.int64)
     pid = tl.program_id(1)
-    seg = pid // blocks_per_seg
-    local = (pid % blocks_per_seg) * BLOCK_E + tl.arange(0, BLOCK_E)
-    mask_e = local < seg_size
-    e = seg * seg_size + local
-    gB = (seg * seg_size) // b_group_size
-    gC = (seg * seg_size) // c_group_size
-    n = tl.arange(0, BLOCK_N)
-    mask_n = n < N
-    mask = mask_e[:, None] & mask_n[None, :]
-    tile = e[:, None] * N + n[None, :]
+    e, mask_e, gB, gC, n, mask_n, mask, tile = _channel_block(
+        pid, N, seg_size, blocks_per_seg, b_group_size, c_group_size, BLOCK_E, BLOCK_N)
 
     A = tl.load(A_ptr + e[:, None] * s_ae + n[None, :] * s_an, mask=mask, other=0.0).to(DT)
     if HAS_D:
@@ -129,17 +140,9 @@ def _scan_bwd_kernel(
     pid_b = tl.program_id(0).to(tl.int64)
     pid = tl.program_id(1)
     programs = tl.num_programs(1)
-    seg = pid // blocks_per_seg
     rows = tl.arange(0, BLOCK_E)
-    local = (pid % blocks_per_seg) * BLOCK_E + rows
-    mask_e = local < seg_size
-    e = seg * seg_size + local
-    gB = (seg * seg_size) // b_group_size
-    gC = (seg * seg_size) // c_group_size
-    n = tl.arange(0, BLOCK_N)
-    mask_n = n < N
-    mask = mask_e[:, None] & mask_n[None, :]
-    tile = e[:, None] * N + n[None, :]
+    e, mask_e, gB, gC, n, mask_n, mask, tile = _channel_block(
+        pid, N, seg_size, blocks_per_seg, b_group_size, c_group_size, BLOCK_E, BLOCK_N)
 
     A = tl.load(A_ptr + e[:, None] * s_ae + n[None, :] * s_an, mask=mask, other=0.0).to(DT)
     if HAS_D:
