@@ -16,8 +16,8 @@ import torch
 
 from videomap.ablate import StudyInterrupted, ablate_main, report_study, run_study
 from videomap.ablate.report import paired_delta
-from videomap.ablate.spec import build_cells, cell_id, load_spec, resolve_spec
-from videomap.ablate.study import match_widths
+from videomap.ablate.spec import _check_spec, build_cells, cell_id, load_spec, resolve_spec
+from videomap.ablate.study import cell_plan, match_widths
 from videomap.data.synthetic import FLASH_ORDER_CLASSES, make_flash_order, mnist_digits_file
 from videomap.pretrain.decoder import FrameCausalDecoder
 from videomap.train.config import config_from_dict
@@ -71,6 +71,24 @@ def test_quick_and_gpu_sections_override_the_file():
     assert gpu["schedules"]["4:1"].count("M") == 4 * gpu["schedules"]["4:1"].count("A")
     with pytest.raises(ValueError, match="no scale"):
         resolve_spec(raw, scale="tpu")
+
+
+def test_a_task_budget_overrides_the_study_budget_for_that_task_only():
+    raw = load_spec(STUDY)
+    for scale, quick in ((None, False), (None, True), ("gpu", False)):
+        spec = resolve_spec(raw, scale=scale, quick=quick)
+        order = [c for c in build_cells(spec) if c.task == "order"][0]
+        direction = [c for c in build_cells(spec) if c.task == "direction"][0]
+        widths = match_widths(spec)
+        order_steps = cell_plan(spec, order, widths).finetune_steps
+        assert order_steps == spec["tasks"]["order"]["budget"]["finetune_steps"]
+        assert cell_plan(spec, direction, widths).finetune_steps == spec["budget"]["finetune_steps"]
+        # the quick mode must stay quick and the GPU recipe must not train the order task less than the CPU one
+        assert order_steps <= 2 if quick else order_steps >= 600
+    bad = resolve_spec(raw)
+    bad["tasks"]["order"]["budget"] = {"finetune_stpes": 10}
+    with pytest.raises(ValueError, match="tasks.order.budget has keys"):
+        _check_spec(bad)
 
 
 def test_widths_are_matched_within_the_tolerance():

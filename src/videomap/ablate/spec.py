@@ -116,9 +116,13 @@ def _check_spec(spec: Mapping[str, Any]) -> None:
     unknown += [m for m in spec["maskings"] if m not in MASKINGS]
     if unknown:
         raise StudyError(f"unknown objectives/maskings {unknown}; objectives: {OBJECTIVES}, maskings: {MASKINGS}")
-    for task in spec["tasks"].values():
+    for name, task in spec["tasks"].items():
         if task.get("kind") not in ("direction", "order"):
             raise StudyError(f"task kind must be 'direction' or 'order', got {task.get('kind')!r}")
+        extra = sorted(set(task.get("budget") or {}) - set(spec["budget"]))
+        if extra:
+            raise StudyError(f"tasks.{name}.budget has keys the study budget does not: {extra} "
+                             f"(budget keys: {sorted(spec['budget'])})")
     if any(not 0.0 < float(f) <= 1.0 for f in spec["label_fractions"]):
         raise StudyError("label fractions must be in (0, 1]")
     for sweep in spec["sweeps"]:
