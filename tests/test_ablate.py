@@ -16,7 +16,7 @@ import torch
 
 from videomap.ablate import StudyInterrupted, ablate_main, report_study, run_study
 from videomap.ablate.report import paired_delta
-from videomap.ablate.spec import _check_spec, build_cells, cell_id, load_spec, resolve_spec
+from videomap.ablate.spec import build_cells, cell_id, load_spec, resolve_spec
 from videomap.ablate.study import cell_plan, match_widths
 from videomap.data.synthetic import FLASH_ORDER_CLASSES, make_flash_order, mnist_digits_file
 from videomap.pretrain.decoder import FrameCausalDecoder
@@ -77,18 +77,17 @@ def test_a_task_budget_overrides_the_study_budget_for_that_task_only():
     raw = load_spec(STUDY)
     for scale, quick in ((None, False), (None, True), ("gpu", False)):
         spec = resolve_spec(raw, scale=scale, quick=quick)
-        order = [c for c in build_cells(spec) if c.task == "order"][0]
-        direction = [c for c in build_cells(spec) if c.task == "direction"][0]
+        first_cell = {c.task: c for c in reversed(build_cells(spec))}
+        order, direction = first_cell["order"], first_cell["direction"]
         widths = match_widths(spec)
         order_steps = cell_plan(spec, order, widths).finetune_steps
         assert order_steps == spec["tasks"]["order"]["budget"]["finetune_steps"]
         assert cell_plan(spec, direction, widths).finetune_steps == spec["budget"]["finetune_steps"]
         # the quick mode must stay quick and the GPU recipe must not train the order task less than the CPU one
         assert order_steps <= 2 if quick else order_steps >= 600
-    bad = resolve_spec(raw)
-    bad["tasks"]["order"]["budget"] = {"finetune_stpes": 10}
+    misspelt = {**raw, "tasks": {**raw["tasks"], "order": {**raw["tasks"]["order"], "budget": {"finetune_stpes": 10}}}}
     with pytest.raises(ValueError, match="tasks.order.budget has keys"):
-        _check_spec(bad)
+        resolve_spec(misspelt)
 
 
 def test_widths_are_matched_within_the_tolerance():
