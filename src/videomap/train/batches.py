@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import random
-import signal
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import Dataset, default_collate
+
+from .workers import WorkerLoader
 
 __all__ = ["epoch_permutation", "sample_seed", "isolated_rng", "collate_skip_none", "ResumableBatches"]
 
@@ -72,17 +73,6 @@ def collate_skip_none(samples: Sequence[Any]) -> Any:
     if not kept:
         raise RuntimeError(f"none of the {len(samples)} samples of a batch could be loaded")
     return default_collate(kept)
-
-
-def _ignore_sigterm(worker_id: int) -> None:
-    """``worker_init_fn`` of every loader worker: SIGTERM is the training process's to handle.
-
-    A scheduler stopping a job sends SIGTERM to the whole process group, loader workers included. The
-    training process then finishes its step and saves a checkpoint; a worker that died of the signal
-    first would make the loader raise in the middle of that step instead. The workers are shut down by
-    the training process when it lets go of the loader (or notice that it is gone).
-    """
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class _SeededItems(Dataset):
@@ -183,7 +173,7 @@ class ResumableBatches:
         kwargs = {}
         if self.num_workers > 0 and self.prefetch_factor is not None:
             kwargs["prefetch_factor"] = self.prefetch_factor
-        return DataLoader(
+        return WorkerLoader(
             _SeededItems(self.dataset, self.seed_keys),
             batch_sampler=keys,
             collate_fn=self.collate_fn,
@@ -192,6 +182,5 @@ class ResumableBatches:
             # An explicit generator: creating the iterator must not draw from the global RNG, or a resumed
             # run (which creates it at another moment) would drift from an uninterrupted one.
             generator=torch.Generator().manual_seed(self.seed),
-            worker_init_fn=_ignore_sigterm if self.num_workers > 0 else None,
             **kwargs,
         )

@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 
 from ..data import (
     Annotations,
@@ -49,6 +49,7 @@ from .checkpoint import atomic_write
 from .config import Config, save_config
 from .metrics import confusion_matrix, mean_class_accuracy, per_class_accuracy, to_float, topk_accuracy
 from .runtime import Runtime, setup_logging
+from .workers import WorkerLoader
 
 __all__ = [
     "CLASSES_FILE",
@@ -240,7 +241,7 @@ def predict(model: Callable[[torch.Tensor], torch.Tensor], dataset, *, clips_per
     runtime = runtime or Runtime()
     views = max(1, getattr(dataset, "num_views", 1))
     shard = list(range(runtime.rank, len(dataset), runtime.world_size))
-    loader = DataLoader(Subset(dataset, shard), batch_size=max(1, clips_per_forward // views), shuffle=False,
+    loader = WorkerLoader(Subset(dataset, shard), batch_size=max(1, clips_per_forward // views), shuffle=False,
                         num_workers=num_workers, collate_fn=collate_videos, worker_init_fn=seed_worker)
     was_training = isinstance(model, nn.Module) and model.training
     if isinstance(model, nn.Module):

@@ -30,13 +30,14 @@ from typing import Any, Dict, List, Optional
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 
 from ..data import FailureLog, collate_videos, seed_worker, skip_failed
 from .checkpoint import atomic_write
 from .config import Config, save_config
 from .evaluate import build_test_dataset, load_class_names, load_model, progress_iter, read_split
 from .runtime import Runtime, setup_logging
+from .workers import WorkerLoader
 
 __all__ = ["POOLS", "SHARD_SIZE", "pool_tokens", "video_features", "FeatureShardWriter", "run_extract"]
 
@@ -113,7 +114,7 @@ def extract_output_dir(cfg: Config) -> Path:
 def _extract_shard(model: nn.Module, dataset, indices: List[int], cfg: Config, runtime: Runtime,
                    writer: FeatureShardWriter) -> FailureLog:
     views = dataset.num_views
-    loader = DataLoader(Subset(dataset, indices), batch_size=max(1, cfg.eval.batch_size // views),
+    loader = WorkerLoader(Subset(dataset, indices), batch_size=max(1, cfg.eval.batch_size // views),
                         num_workers=cfg.data.num_workers, collate_fn=collate_videos, worker_init_fn=seed_worker)
     failures = FailureLog(log, context="extraction")
     for batch in progress_iter(skip_failed(loader, failures), len(loader), runtime.is_main, "extract"):
