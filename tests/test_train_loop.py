@@ -8,6 +8,7 @@ dataset whose samples are randomly augmented with the global RNG.
 import json
 import os
 import signal
+import weakref
 from pathlib import Path
 
 import pytest
@@ -378,6 +379,25 @@ def test_single_process_runtime(monkeypatch):
     rt.close()
     with pytest.raises(ValueError, match="fp32"):
         Runtime.from_env(device="cpu", precision="fp16")
+
+
+def _ddp_wrapper_in_a_cycle_worker(rank, world_size, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    rt = Runtime.from_env(device="cpu")
+    holder = {"model": rt.wrap(nn.Linear(2, 2))}
+    holder["self"] = holder                      # a cycle, as a traceback through the training loop makes one
+    wrapper = weakref.ref(holder["model"])
+    del holder
+    rt.close()
+    Path(out, f"alive{rank}.txt").write_text(str(wrapper() is not None))
+
+
+def test_closing_the_runtime_releases_ddp_wrappers_before_the_process_group(tmp_path):
+    # A DDP wrapper destroyed after the group, at interpreter exit, aborted the process with SIGABRT.
+    run_two_processes(_ddp_wrapper_in_a_cycle_worker, (str(tmp_path),), 60, "closing the runtime hung")
+    assert [(tmp_path / f"alive{rank}.txt").read_text() for rank in (0, 1)] == ["False", "False"]
 
 
 def _mismatched_metrics_worker(rank, world_size, port, out):

@@ -9,6 +9,7 @@ never branches on "distributed or not" itself.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import random
@@ -233,8 +234,15 @@ class Runtime:
         return box[0]
 
     def close(self) -> None:
-        """Leave the process group if this runtime created it."""
+        """Leave the process group if this runtime created it.
+
+        Objects that still use the group (a ``DistributedDataParallel`` wrapper, kept alive by a reference
+        cycle such as an exception's traceback through the training loop) are collected first: destroyed
+        after the group, at interpreter exit, they abort the process (``terminate called without an active
+        exception``) instead of letting it exit with its own status.
+        """
         if self._owns_group and dist.is_initialized():
+            gc.collect()
             dist.destroy_process_group()
             self._owns_group = False
 
