@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from .scan_checks import as_grouped, compute_dtype, flip_time
+from .scan_checks import as_grouped, compute_dtype
 
 log = logging.getLogger("videomap.ops")
 
@@ -288,29 +288,10 @@ class _SelectiveScanCPU(torch.autograd.Function):
         need = ctx.needs_input_grad
         # what was added to `out` passes its gradient through unchanged
         grad_acc = grad_out if ctx.accumulate and need[12] else None
-        time_dtype = u.dtype
-        if time_dtype == torch.bfloat16:
-            u, delta, B, C, z = (None if t is None else t.float() for t in (u, delta, B, C, z))
-        if grad_out is not None:
-            grad_out = grad_out.to(A.dtype)
-            if ctx.scale != 1.0:
-                grad_out = grad_out * ctx.scale
-        # A reverse scan's checkpoints are those of a forward scan of the flipped sequence: its backward is
-        # that scan's backward on flipped copies, with the time-indexed gradients flipped back.
-        if ctx.reverse:
-            u, delta, B, C, z, grad_out = (flip_time(t) for t in (u, delta, B, C, z, grad_out))
-        if grad_out is not None:
-            grad_out = grad_out.contiguous()
-        if grad_last_state is not None:
-            grad_last_state = grad_last_state.contiguous()
-        du, ddelta, dA, dB, dC, dD, dz, dbias, dinit = load_cpu_kernel().bwd(
+        du, ddelta, dA, dB, dC, dD, dz, dbias, dinit = scan_backward_cpu(
             u, delta, A, B, C, D, z, delta_bias, checkpoints, grad_out, grad_last_state,
-            ctx.delta_softplus, need[3], need[4], need[8],
-        )
-        if ctx.reverse:
-            du, ddelta, dB, dC, dz = (flip_time(t) for t in (du, ddelta, dB, dC, dz))
-        if time_dtype != A.dtype:
-            du, ddelta, dB, dC, dz = (None if t is None else t.to(time_dtype) for t in (du, ddelta, dB, dC, dz))
+            delta_softplus=ctx.delta_softplus, reverse=ctx.reverse, scale=ctx.scale,
+            want_dB=need[3], want_dC=need[4], want_dinit=need[8])
         return (
             du if need[0] else None,
             ddelta if need[1] else None,
@@ -328,6 +309,49 @@ class _SelectiveScanCPU(torch.autograd.Function):
             None,
             None,
         )
+
+
+def scan_backward_cpu(u, delta, A, B, C, D, z, delta_bias, checkpoints, grad_out, grad_last_state=None, *,
+                      delta_softplus, reverse, scale=1.0, want_dB=True, want_dC=True, want_dinit=False,
+                      want_out=False):
+    """The kernel's backward for a forward call made with the same arguments (see :func:`selective_scan_cpu`).
+
+    Args:
+        u, delta, A, B, C, D, z, delta_bias: the forward's inputs, in the kernel's layouts (B, C grouped
+            ``(B, G, N, L)``); time-indexed ones may be bfloat16 (the backward runs in fp32 on widened copies,
+            recomputing the same fp32 states from the same checkpoints).
+        checkpoints: what the forward returned with checkpoints kept.
+        grad_out: gradient of the forward's result ``scale * y`` ``(B, E, L)``, or None.
+        grad_last_state: gradient of the returned last state ``(B, E, N)``, or None.
+        delta_softplus, reverse, scale: as the forward call had them.
+        want_dB, want_dC, want_dinit: whether to compute those gradients.
+        want_out: also return the forward's ``y`` (gated, before ``scale``; needs ``z``), which the backward
+            recomputes on its way anyway: a caller that needs it need not have kept it.
+
+    Returns:
+        ``du, ddelta, dA, dB, dC, dD, dz, dbias, dinit`` in the inputs' dtypes; ``dA (B, E, N)``, ``dD`` and
+        ``dbias (B, E)`` are per sample (sum them over the batch); unwanted or absent ones are None. With
+        ``want_out``, ``y (B, E, L)`` (in the compute dtype) follows.
+    """
+    time_dtype = u.dtype
+    if time_dtype == torch.bfloat16:
+        u, delta, B, C, z = (None if t is None else t.float() for t in (u, delta, B, C, z))
+    if grad_out is not None:
+        grad_out = grad_out.to(A.dtype)
+        if scale != 1.0:
+            grad_out = grad_out * scale
+        grad_out = grad_out.contiguous()
+    if grad_last_state is not None:
+        grad_last_state = grad_last_state.contiguous()
+    # A reverse scan's backward reads and writes in reverse too (no flipped copies).
+    du, ddelta, dA, dB, dC, dD, dz, dbias, dinit, out = load_cpu_kernel().bwd(
+        u, delta, A, B, C, D, z, delta_bias, checkpoints, grad_out, grad_last_state,
+        bool(delta_softplus), bool(want_dB), bool(want_dC), bool(want_dinit), bool(want_out), bool(reverse),
+    )
+    if time_dtype != A.dtype:
+        du, ddelta, dB, dC, dz = (None if t is None else t.to(time_dtype) for t in (du, ddelta, dB, dC, dz))
+    grads = (du, ddelta, dA, dB, dC, dD, dz, dbias, dinit)
+    return (*grads, out) if want_out else grads
 
 
 def _contiguous(t: torch.Tensor | None) -> torch.Tensor | None:

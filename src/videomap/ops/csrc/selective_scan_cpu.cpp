@@ -21,9 +21,9 @@
 // take tasks from a shared counter. The inputs of the next block-chunk are prefetched while the current
 // one computes.
 //
-// Reverse scans (forward kernel only). With `reverse`, step t of the recurrence reads and writes position
-// L - 1 - t: each chunk loads the mirrored positions and reverses its tiles in cache, so no flipped copy of
-// any input or output is made. The backward of a reverse scan runs on flipped tensors (in Python).
+// Reverse scans. With `reverse`, step t of the recurrence reads and writes position L - 1 - t: each chunk
+// loads the mirrored positions and reverses its tiles in cache, so no flipped copy of any input or output
+// is made, in the forward or in the backward.
 //
 // Checkpointing. The forward saves each block's state at the start of every chunk, a (B, ceil(L/64), E, N)
 // tensor: memory stays O(B*E*L), never O(B*E*N*L). The backward walks the chunks from last to first; for
@@ -687,7 +687,7 @@ struct Arena {
 struct Shape {
   int64_t batch, E, L, G, N, Eg, nblk, K;
   bool softplus;
-  bool reverse = false;  // forward only: step t reads and writes position L - 1 - t
+  bool reverse = false;  // step t reads and writes position L - 1 - t
 };
 
 // In: the element type of the time-indexed tensors (S, or bf16 in the fp32 scan).
@@ -710,6 +710,7 @@ struct BwdArgs {
   const S *u, *delta, *A, *B, *C, *D, *z, *bias, *ckpt, *dout, *dlast;
   S *du, *ddelta, *dA, *dBp, *dCp, *dD, *dz, *dbias, *dinit;  // dA, dD, dbias: per batch element
   int64_t P;                                                 // block ranges per group (dB/dC slices)
+  S* out;  // optional: the forward's output y_t * silu(z_t), recomputed on the way (z required)
 };
 
 // V whose lane c is p[c * stride] (c < nl), 0 elsewhere.
@@ -983,10 +984,10 @@ struct Scan {
   }
 
   // Recompute one chunk of one block from its checkpoint h0: decays and states into as/hs, dL/dy into dyt
-  // (from dL/dout), dL/dz into dzt, dC's lane products into pc.
+  // (from dL/dout), dL/dz into dzt, dC's lane products into pc, and (when p.out) the output into yt.
   template <bool Fresh>
   static void recompute(const BwdArgs<S>& p, int T, const V* Ac, V Dv, const S* ut, const S* dtt, const S* zt,
-                        const S* Bt, const S* Ct, const S* h0, S* dyt, S* dzt, S* as, S* hs, S* pc,
+                        const S* Bt, const S* Ct, const S* h0, S* dyt, S* dzt, S* yt, S* as, S* hs, S* pc,
                         const Rows<S>* next, int nsets) {
     V h[NT];
 #pragma GCC unroll 16
@@ -1006,6 +1007,7 @@ struct Scan {
         V y = readout(h, Ct + t * NT);
         if (p.D) y = vfma(uv, Dv, y);
         (g * y * (sg * vfma(zv, V::set1(1) - sg, V::set1(1)))).store(dzt + t * W);
+        if (p.out) (y * (zv * sg)).store(yt + t * W);
       }
     }
   }
@@ -1061,7 +1063,7 @@ struct Scan {
     const int64_t P = p.P;
     const int64_t maxnb = (s.nblk + P - 1) / P;
     run_tasks(s.batch * s.G * P, [&](const auto& take, int64_t ntask) {
-      Arena<S> arena(8 * TCH * W + 2 * TCH * NT + 4 * TCH * VS + VS + maxnb * (4 * VS + 4 * W) + 16 * 32);
+      Arena<S> arena(9 * TCH * W + 2 * TCH * NT + 4 * TCH * VS + VS + maxnb * (4 * VS + 4 * W) + 16 * 32);
       S* ut = arena.take(TCH * W);
       S* dtt = arena.take(TCH * W);
       S* sgt = arena.take(TCH * W);  // softplus derivative
@@ -1070,6 +1072,7 @@ struct Scan {
       S* dzt = arena.take(TCH * W);
       S* dut = arena.take(TCH * W);
       S* ddt = arena.take(TCH * W);
+      S* yt = arena.take(TCH * W);  // the recomputed output, when asked for
       S* Bt = arena.take(TCH * NT);
       S* Ct = arena.take(TCH * NT);
       S* hs = arena.take(TCH * VS);  // states h_t of the chunk
@@ -1104,8 +1107,13 @@ struct Scan {
         for (int64_t k = s.K - 1; k >= 0; --k) {
           const int64_t t0 = k * TCH;
           const int T = static_cast<int>(std::min<int64_t>(TCH, s.L - t0));
-          Tile::tile_in(Bsrc + t0, s.L, static_cast<int>(s.N), NT / W, T, Bt, NT);
-          Tile::tile_in(Csrc + t0, s.L, static_cast<int>(s.N), NT / W, T, Ct, NT);
+          const int64_t c0 = chunk_start(s, t0, T);  // position of the chunk's first stored step
+          Tile::tile_in(Bsrc + c0, s.L, static_cast<int>(s.N), NT / W, T, Bt, NT);
+          Tile::tile_in(Csrc + c0, s.L, static_cast<int>(s.N), NT / W, T, Ct, NT);
+          if (s.reverse) {
+            flip_steps(Bt, T, NT);
+            flip_steps(Ct, T, NT);
+          }
           for (int64_t i = 0; i < tk.nb; ++i) {
             const int64_t e0 = first_channel(s, tk, i);
             const int nl = lanes(s, tk, i);
@@ -1121,11 +1129,17 @@ struct Scan {
             const V Dv = V::load(Ds + i * W);
             V dD = V::load(dDs + i * W), dbias = V::load(dbiass + i * W);
 
-            Tile::tile_in(p.u + row0 + t0, s.L, nl, 1, T, ut, W);
-            Tile::tile_in(p.delta + row0 + t0, s.L, nl, 1, T, dtt, W);
+            Tile::tile_in(p.u + row0 + c0, s.L, nl, 1, T, ut, W);
+            Tile::tile_in(p.delta + row0 + c0, s.L, nl, 1, T, dtt, W);
+            if (p.z) Tile::tile_in(p.z + row0 + c0, s.L, nl, 1, T, zt, W);
+            Tile::tile_in(p.dout ? p.dout + row0 + c0 : nullptr, s.L, p.dout ? nl : 0, 1, T, dyt, W);
+            if (s.reverse) {
+              flip_steps(ut, T, W);
+              flip_steps(dtt, T, W);
+              if (p.z) flip_steps(zt, T, W);
+              if (p.dout) flip_steps(dyt, T, W);
+            }
             prep_delta(dtt, T, V::load(biass + i * W), s.softplus, sgt);
-            if (p.z) Tile::tile_in(p.z + row0 + t0, s.L, nl, 1, T, zt, W);
-            Tile::tile_in(p.dout ? p.dout + row0 + t0 : nullptr, s.L, p.dout ? nl : 0, 1, T, dyt, W);
             load_rows(p.ckpt + ((tk.b * s.K + k) * s.E + e0) * s.N, s, nl, h0);
 
             Rows<S> next[6];
@@ -1134,31 +1148,39 @@ struct Scan {
               const bool last_blk = i + 1 == tk.nb;
               const int64_t ni = last_blk ? 0 : i + 1, nt0 = last_blk ? t0 - TCH : t0;
               if (nt0 >= 0) {
-                const int64_t nrow0 = (tk.b * s.E + first_channel(s, tk, ni)) * s.L + nt0;
+                const int64_t nc0 = chunk_start(s, nt0, std::min<int64_t>(TCH, s.L - nt0));
+                const int64_t nrow0 = (tk.b * s.E + first_channel(s, tk, ni)) * s.L + nc0;
                 const int nnl = lanes(s, tk, ni);
                 next[nsets++] = {p.u + nrow0, s.L, nnl};
                 next[nsets++] = {p.delta + nrow0, s.L, nnl};
                 if (p.z) next[nsets++] = {p.z + nrow0, s.L, nnl};
                 if (p.dout) next[nsets++] = {p.dout + nrow0, s.L, nnl};
                 if (last_blk) {
-                  next[nsets++] = {Bsrc + nt0, s.L, static_cast<int>(std::min<int64_t>(W, s.N))};
-                  next[nsets++] = {Csrc + nt0, s.L, static_cast<int>(std::min<int64_t>(W, s.N))};
+                  next[nsets++] = {Bsrc + nc0, s.L, static_cast<int>(std::min<int64_t>(W, s.N))};
+                  next[nsets++] = {Csrc + nc0, s.L, static_cast<int>(std::min<int64_t>(W, s.N))};
                 }
               }
             }
 
             if (i == 0) {
-              recompute<true>(p, T, Ac, Dv, ut, dtt, zt, Bt, Ct, h0, dyt, dzt, as, hs, pC, next, nsets);
+              recompute<true>(p, T, Ac, Dv, ut, dtt, zt, Bt, Ct, h0, dyt, dzt, yt, as, hs, pC, next, nsets);
               walk<true>(p, s.softplus, T, Av, Dv, ut, dtt, sgt, dyt, Bt, Ct, h0, as, hs, pB, dut, ddt, dh, dA, dD,
                          dbias);
             } else {
-              recompute<false>(p, T, Ac, Dv, ut, dtt, zt, Bt, Ct, h0, dyt, dzt, as, hs, pC, next, nsets);
+              recompute<false>(p, T, Ac, Dv, ut, dtt, zt, Bt, Ct, h0, dyt, dzt, yt, as, hs, pC, next, nsets);
               walk<false>(p, s.softplus, T, Av, Dv, ut, dtt, sgt, dyt, Bt, Ct, h0, as, hs, pB, dut, ddt, dh, dA, dD,
                           dbias);
             }
-            Tile::tile_out(dut, nl, T, p.du + row0 + t0, s.L);
-            Tile::tile_out(ddt, nl, T, p.ddelta + row0 + t0, s.L);
-            if (p.z) Tile::tile_out(dzt, nl, T, p.dz + row0 + t0, s.L);
+            if (s.reverse) {
+              flip_steps(dut, T, W);
+              flip_steps(ddt, T, W);
+              if (p.z) flip_steps(dzt, T, W);
+              if (p.out) flip_steps(yt, T, W);
+            }
+            Tile::tile_out(dut, nl, T, p.du + row0 + c0, s.L);
+            Tile::tile_out(ddt, nl, T, p.ddelta + row0 + c0, s.L);
+            if (p.z) Tile::tile_out(dzt, nl, T, p.dz + row0 + c0, s.L);
+            if (p.out) Tile::tile_out(yt, nl, T, p.out + row0 + c0, s.L);
 #pragma GCC unroll 16
             for (int n = 0; n < NT; ++n) {
               dh[n].store(dhs + i * VS + n * W);
@@ -1167,11 +1189,15 @@ struct Scan {
             dD.store(dDs + i * W);
             dbias.store(dbiass + i * W);
           }
+          if (s.reverse) {  // the lane products in position order, as the rows are written
+            if (dBrow) flip_steps(pB, T, VS);
+            if (dCrow) flip_steps(pC, T, VS);
+          }
           for (int j = 0; j < T; j += W) {
             const int nc = std::min(W, T - j);
             for (int n = 0; n < s.N; ++n) {
-              if (dBrow) Tile::reduce_rows(pB + (j * NT + n) * W, VS, nc, dBrow + n * s.L + t0 + j);
-              if (dCrow) Tile::reduce_rows(pC + (j * NT + n) * W, VS, nc, dCrow + n * s.L + t0 + j);
+              if (dBrow) Tile::reduce_rows(pB + (j * NT + n) * W, VS, nc, dBrow + n * s.L + c0 + j);
+              if (dCrow) Tile::reduce_rows(pC + (j * NT + n) * W, VS, nc, dCrow + n * s.L + c0 + j);
             }
           }
         }
@@ -1338,8 +1364,9 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& delta, c
                                  const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& bias,
                                  const at::Tensor& ckpt, const std::optional<at::Tensor>& dout,
                                  const std::optional<at::Tensor>& dlast, bool softplus, bool want_dB, bool want_dC,
-                                 bool want_dinit) {
-  const Shape s = make_shape(u, A, B, softplus);
+                                 bool want_dinit, bool want_out, bool reverse) {
+  Shape s = make_shape(u, A, B, softplus);
+  s.reverse = reverse;
   TORCH_CHECK(u.scalar_type() != at::kBFloat16, "selective_scan_cpu: the backward runs in float32 or float64");
   check_inputs(s, u, delta, A, B, C, D, z, bias);
   check_tensor(ckpt, "checkpoints", u.scalar_type(), {s.batch, s.K, s.E, s.N});
@@ -1356,6 +1383,8 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& delta, c
   at::Tensor dz = hasz ? at::empty_like(u) : at::Tensor();
   at::Tensor dbias = hasbias ? at::empty({s.batch, s.E}, opts) : at::Tensor();
   at::Tensor dinit = want_dinit ? at::empty({s.batch, s.E, s.N}, opts) : at::Tensor();
+  TORCH_CHECK(!want_out || hasz, "selective_scan_cpu: the backward recomputes the output only for a gated scan (z)");
+  at::Tensor out = want_out ? at::empty_like(u) : at::Tensor();
   const int64_t P = block_ranges(s, 6);
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_bwd", [&] {
     using S = scalar_t;
@@ -1375,14 +1404,15 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& delta, c
                  ptr_or_null<S>(dout), ptr_or_null<S>(dlast),
                  du.data_ptr<S>(), ddelta.data_ptr<S>(), dA.data_ptr<S>(), dBp, dCp,
                  hasD ? dD.data_ptr<S>() : nullptr, hasz ? dz.data_ptr<S>() : nullptr,
-                 hasbias ? dbias.data_ptr<S>() : nullptr, want_dinit ? dinit.data_ptr<S>() : nullptr, P};
+                 hasbias ? dbias.data_ptr<S>() : nullptr, want_dinit ? dinit.data_ptr<S>() : nullptr, P,
+                 want_out ? out.data_ptr<S>() : nullptr};
     dispatch_n<S, RunBwd>(s.N, s, a);
     if (P > 1) {
       if (want_dB) sum_slices<S>(dBp, dB.data_ptr<S>(), s.batch * s.G, P, s.N, s.L);
       if (want_dC) sum_slices<S>(dCp, dC.data_ptr<S>(), s.batch * s.G, P, s.N, s.L);
     }
   });
-  return {du, ddelta, dA, dB, dC, dD, dz, dbias, dinit};
+  return {du, ddelta, dA, dB, dC, dD, dz, dbias, dinit, out};
 }
 
 bool has_avx512() { return VM_SCAN_AVX512 != 0; }
@@ -1401,7 +1431,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fwd", &scan_fwd, "selective scan forward (optionally reversed in time): (out, last_state, checkpoints)");
   m.def("bwd", &scan_bwd,
         "selective scan backward: (du, ddelta, dA per batch, dB, dC, dD per batch, dz, ddelta_bias per batch, "
-        "dinitial_state)");
+        "dinitial_state, the gated output when asked for)");
   m.def("has_avx512", &has_avx512, "whether the fp32 path was compiled with AVX-512");
   m.def("isa", &isa, "the instruction-set variant of the fp32 path: avx512, avx2 or generic");
 }
