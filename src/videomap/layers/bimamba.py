@@ -3,16 +3,37 @@
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 from torch import nn
 
-from ..ops import selective_scan_accumulate
+from ..ops import resolve_backend, selective_scan_accumulate
 from ..ops.causal_conv import causal_conv1d
 from ..ops.matmul import channels_first_matmul
+from .norm import RMSNorm
 from .weight_init import init_dt_proj_, s4d_real_A_log
 
 MERGE_MODES = ("mean", "sum")
+
+FUSED_ENV_VAR = "VIDEOMAP_FUSED_MAMBA"
+#: ``$VIDEOMAP_FUSED_MAMBA`` values: the fused training layer saving ``xz`` (the default), the fused layer that
+#: also recomputes ``in_proj`` (the least memory), the unfused reference.
+FUSED_MODES = {"1": "xz", "xz": "xz", "input": "input", "0": None}
+
+
+def fused_mamba_mode() -> str | None:
+    """What ``$VIDEOMAP_FUSED_MAMBA`` asks for: ``"xz"`` (unset, ``1`` or ``xz``), ``"input"``, or ``None``
+    for the unfused layer (``0``). Read on every training forward, so it can be changed between steps."""
+    value = os.environ.get(FUSED_ENV_VAR, "").strip().lower() or "1"
+    if value not in FUSED_MODES:
+        raise ValueError(f"${FUSED_ENV_VAR}={value!r}: choose one of {', '.join(FUSED_MODES)}")
+    return FUSED_MODES[value]
+
+
+def _state_dtype(t: torch.Tensor) -> torch.Tensor:
+    """A per-channel parameter in the scan's state dtype: fp32, or fp64 for an fp64 layer."""
+    return t if t.dtype == torch.float64 else t.float()
 
 
 class BiMamba(nn.Module):
@@ -29,7 +50,17 @@ class BiMamba(nn.Module):
 
     Parameter names and shapes are those of VideoMamba's ``Mamba(bimamba=True)``, so its checkpoints load;
     ``merge="sum"`` reproduces it exactly.
+
+    In training on the CPU the layer runs as one fused autograd node (:mod:`videomap.ops.bimamba_cpu`) that
+    saves ``xz``, the merged output and the scan checkpoints, and recomputes the rest in the backward: the
+    same gradients for about a third of the memory. ``$VIDEOMAP_FUSED_MAMBA`` (or the ``fused`` attribute,
+    which wins when set) picks it: ``xz`` (default), ``input`` (also recompute ``in_proj``; keeps only the
+    layer input) or ``0`` (the unfused layer, the reference). Inference (no grad) always takes the unfused
+    path, which saves nothing anyway; so do bf16 autocast and devices without the CPU kernel.
     """
+
+    #: ``None`` follows ``$VIDEOMAP_FUSED_MAMBA``; ``"xz"``, ``"input"`` or ``"off"`` overrides it.
+    fused: str | None = None
 
     def __init__(
         self,
@@ -111,7 +142,7 @@ class BiMamba(nn.Module):
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=1)
         # dt_proj's bias is applied inside the scan (delta_bias), before the softplus, as in Mamba.
         delta = channels_first_matmul(dt_proj.weight, dt)  # (B, E, L)
-        A = -torch.exp(A_log.float())
+        A = -torch.exp(_state_dtype(A_log))
         return selective_scan_accumulate(
             acc,
             x,
@@ -119,16 +150,58 @@ class BiMamba(nn.Module):
             A,
             B,
             C,
-            D.float(),
+            _state_dtype(D),
             z=z,
-            delta_bias=dt_proj.bias.float(),
+            delta_bias=_state_dtype(dt_proj.bias),
             delta_softplus=True,
             scale=scale,
             reverse=reverse,
         )
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """hidden_states: ``(B, L, D)`` → ``(B, L, D)``."""
+    def _fused_mode(self, hidden_states: torch.Tensor) -> str | None:
+        """``"xz"`` / ``"input"`` when this call takes the fused CPU layer, else ``None``."""
+        if not torch.is_grad_enabled() or hidden_states.dtype not in (torch.float32, torch.float64):
+            return None
+        if hidden_states.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
+            return None
+        mode = fused_mamba_mode() if self.fused is None else (None if self.fused == "off" else self.fused)
+        if mode is None or resolve_backend(hidden_states.device, hidden_states.dtype) != "cpu":
+            return None
+        if resolve_backend(hidden_states.device, hidden_states.dtype, op="conv") != "cpu":
+            return None
+        return mode
+
+    def _direction_weights(self, conv, x_proj, dt_proj, A_log, D):
+        from ..ops.bimamba_cpu import DirectionWeights
+
+        return DirectionWeights(conv.weight.squeeze(1), conv.bias, x_proj.weight, dt_proj.weight, dt_proj.bias,
+                                A_log, D)
+
+    def _forward_fused(self, hidden_states: torch.Tensor, mode: str, norm: nn.Module | None) -> torch.Tensor:
+        from ..ops.bimamba_cpu import bimamba_inner_cpu
+
+        out = bimamba_inner_cpu(
+            hidden_states, self.in_proj.weight, self.out_proj.weight,
+            self._direction_weights(self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D),
+            self._direction_weights(self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b),
+            dt_rank=self.dt_rank, d_state=self.d_state, scale=0.5 if self.merge == "mean" else 1.0,
+            norm_weight=None if norm is None else norm.weight, norm_eps=1e-5 if norm is None else norm.eps,
+            recompute=mode,
+        )
+        return out.transpose(1, 2)
+
+    def forward(self, hidden_states: torch.Tensor, norm: nn.Module | None = None) -> torch.Tensor:
+        """hidden_states: ``(B, L, D)`` → ``(B, L, D)``.
+
+        ``norm``: an :class:`~videomap.layers.RMSNorm` to apply to ``hidden_states`` first. Passing it here
+        rather than calling it before lets the fused training path recompute its output in the backward
+        instead of keeping it.
+        """
+        mode = self._fused_mode(hidden_states)
+        if mode is not None and (norm is None or isinstance(norm, RMSNorm)):
+            return self._forward_fused(hidden_states, mode, norm)
+        if norm is not None:
+            hidden_states = norm(hidden_states)
         # (E2, D) @ (B, D, L) lands directly in the (B, 2E, L) layout the conv and the scan want.
         xz = channels_first_matmul(self.in_proj.weight, hidden_states.transpose(1, 2))
         x, z = xz.chunk(2, dim=1)

@@ -59,7 +59,7 @@ class MambaLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: ``(B, L, D)`` → ``(B, L, D)``."""
-        return x + self.drop_path(self.mixer(self.norm(x)))
+        return x + self.drop_path(self.mixer(x, norm=self.norm))
 
 
 class TransformerLayer(nn.Module):

@@ -1,9 +1,11 @@
-"""RMSNorm, computed in fp32 whatever the input dtype."""
+"""RMSNorm, computed in fp32 (fp64 for fp64 inputs) whatever the input dtype."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from ..ops.rms_norm import rms_norm
 
 
 class RMSNorm(nn.Module):
@@ -21,9 +23,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: ``(..., D)`` → ``(..., D)``."""
-        x32 = x.float()
-        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * self.weight.float()).to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
 
     def reset_parameters(self) -> None:
         nn.init.ones_(self.weight)
