@@ -28,3 +28,21 @@ def test_backbone_benchmark_in_process(tmp_path):
 def test_backbone_benchmark_records_failures():
     rows = [{"model": "videomap_small", "frames": 64, "error": "timed out after 600 s"}]
     assert "error: timed out" in bench.format_table(rows, baseline="videovit_small")
+
+
+def test_frames_within_budget_solves_the_fitted_line():
+    # peak = 100 + 50 * frames MiB: 1000 MiB is reached at 18 frames.
+    rows = [{"model": "m", "frames": f, "forward_backward": {"peak_mib": 100 + 50 * f}} for f in (2, 4, 8)]
+    rows.append({"model": "single", "frames": 4, "forward_backward": {"peak_mib": 10}})
+    assert bench.frames_within_budget(rows, 1000) == {"m": 18}
+
+
+def test_backbone_benchmark_records_the_training_path(tmp_path):
+    report = bench.run_backbone_benchmark(
+        models=["videomap_tiny"], frames=[1, 2], modes=["forward_backward"], img_size=32, repeats=1, warmup=0,
+        baseline=None, isolate=False, fused_mamba="input", grad_checkpointing=True, plot=False, log=None,
+    )
+    rows = report["results"]
+    assert not any("error" in r for r in rows)
+    assert {r["fused_mamba"] for r in rows} == {"input"} and all(r["grad_checkpointing"] for r in rows)
+    assert report["settings"]["fused_mamba"] == "input"

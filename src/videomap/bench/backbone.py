@@ -36,22 +36,27 @@ def measure_configuration(
     device: str = "cpu",
     amp: bool = False,
     max_seconds: float | None = None,
+    grad_checkpointing: bool = False,
 ) -> dict:
     """Time and peak memory of one model at one number of frames, in this process.
 
-    Returns ``{"model", "frames", "tokens", "params", "scan_backend", "<mode>": {"median_ms", "peak_mib",
-    "repeats"}}``. ``forward`` runs in eval mode without autograd; ``forward_backward`` runs a training step's
-    forward and backward (no optimizer).
+    Returns ``{"model", "frames", "tokens", "params", "scan_backend", "fused_mamba", "<mode>": {"median_ms",
+    "peak_mib", "repeats"}}``. ``forward`` runs in eval mode without autograd; ``forward_backward`` runs a
+    training step's forward and backward (no optimizer), with every layer checkpointed when
+    ``grad_checkpointing``. ``fused_mamba`` is the Mamba layer's training path (``$VIDEOMAP_FUSED_MAMBA``:
+    ``xz``, ``input`` or ``off``).
     """
     import torch
 
     from videomap.bench.common import measure
+    from videomap.layers.bimamba import fused_mamba_mode
     from videomap.models import create_model
     from videomap.ops import resolve_backend
 
     dev = torch.device(device)
     torch.manual_seed(0)
     net = create_model(model, num_frames=frames, img_size=img_size, num_classes=400).to(dev)
+    net.set_grad_checkpointing(grad_checkpointing)
     x = torch.randn(batch_size, 3, frames, img_size, img_size, device=dev)
     grid = net.grid_size(x)
     row = {
@@ -60,6 +65,8 @@ def measure_configuration(
         "tokens": 1 + grid[0] * grid[1] * grid[2],
         "params": sum(p.numel() for p in net.parameters()),
         "scan_backend": resolve_backend(dev, torch.float32) if "M" in net.schedule else "-",
+        "fused_mamba": (fused_mamba_mode() or "off") if "M" in net.schedule else "-",
+        "grad_checkpointing": bool(grad_checkpointing),
     }
 
     def autocast():
@@ -114,6 +121,9 @@ def run_backbone_benchmark(
     baseline: str | None = "videovit_small",
     threads: int | None = None,
     scan_backend: str | None = None,
+    fused_mamba: str | None = None,
+    grad_checkpointing: bool = False,
+    memory_budget_gib: float | None = 16.0,
     isolate: bool = True,
     timeout_s: float | None = None,
     max_seconds: float | None = None,
@@ -131,6 +141,10 @@ def run_backbone_benchmark(
         baseline: the model the ratios are taken against, at the same frames (``None`` = no ratios).
         threads: ``torch`` intra-op threads in each worker (default: torch's choice).
         scan_backend: ``VIDEOMAP_SCAN_BACKEND`` for the workers (default: inherited / ``auto``).
+        fused_mamba: ``VIDEOMAP_FUSED_MAMBA`` for the workers (``1``/``xz``, ``input``, ``0``; default: inherited).
+        grad_checkpointing: checkpoint every layer in ``forward_backward``.
+        memory_budget_gib: report, per model, the largest frame count whose training step fits in this much
+            memory, from a straight-line fit of the measured ``forward_backward`` peaks (``None`` = no report).
         isolate: one subprocess per configuration (needed for a clean CPU peak memory).
         timeout_s: per-configuration wall-clock limit when isolated.
         max_seconds: stop repeating a measurement once it has taken this long.
@@ -139,9 +153,9 @@ def run_backbone_benchmark(
         log: called with progress lines (``None`` = silent).
 
     Returns:
-        ``{"machine", "settings", "results": [row, ...], "table": markdown, "plot": path or None}``; each row
-        is :func:`measure_configuration`'s dict plus ``"<mode>_time_ratio"``/``"<mode>_memory_ratio"`` to the
-        baseline, or ``{"model", "frames", "error"}``.
+        ``{"machine", "settings", "results": [row, ...], "table": markdown, "plot": path or None,
+        "frames_within_budget": {model: frames}}``; each row is :func:`measure_configuration`'s dict plus
+        ``"<mode>_time_ratio"``/``"<mode>_memory_ratio"`` to the baseline, or ``{"model", "frames", "error"}``.
     """
     from videomap.bench.common import machine_summary
 
@@ -151,24 +165,29 @@ def run_backbone_benchmark(
         env["VIDEOMAP_SCAN_BACKEND"] = scan_backend
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
+    if fused_mamba is not None:
+        env["VIDEOMAP_FUSED_MAMBA"] = fused_mamba
     settings = dict(img_size=img_size, batch_size=batch_size, repeats=repeats, warmup=warmup, device=device,
-                    amp=amp, baseline=baseline, threads=threads, scan_backend=env.get("VIDEOMAP_SCAN_BACKEND", "auto"))
+                    amp=amp, baseline=baseline, threads=threads, scan_backend=env.get("VIDEOMAP_SCAN_BACKEND", "auto"),
+                    fused_mamba=env.get("VIDEOMAP_FUSED_MAMBA", "1"), grad_checkpointing=grad_checkpointing)
     results = []
     for n_frames in frames:
         for model in models:
             config = dict(model=model, frames=n_frames, modes=list(modes), img_size=img_size,
                           batch_size=batch_size, repeats=repeats, warmup=warmup, device=device, amp=amp,
-                          max_seconds=max_seconds, threads=threads)
+                          max_seconds=max_seconds, threads=threads, grad_checkpointing=grad_checkpointing)
             log(f"{model} at {n_frames} frames ...")
             if isolate:
                 row = _run_isolated(config, timeout_s, env)
             else:
-                row = _measure_in_process(config, scan_backend)
+                row = _measure_in_process(config, scan_backend, fused_mamba)
             results.append(row)
             log("  " + _summary(row, modes))
     _add_ratios(results, modes, baseline)
     report = {"machine": machine_summary(), "settings": settings, "results": results,
-              "table": format_table(results, modes, baseline), "plot": None}
+              "table": format_table(results, modes, baseline), "plot": None, "frames_within_budget": {}}
+    if memory_budget_gib and "forward_backward" in modes:
+        report["frames_within_budget"] = frames_within_budget(results, memory_budget_gib * 1024)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -181,10 +200,34 @@ def run_backbone_benchmark(
             )
     log("")
     log(report["table"])
+    for model, most in report["frames_within_budget"].items():
+        log(f"{model}: a training step fits in {memory_budget_gib:g} GiB up to ~{most} frames "
+            "(straight-line fit of the measured forward+backward peaks)")
     return report
 
 
-def _measure_in_process(config: dict, scan_backend: str | None) -> dict:
+def frames_within_budget(results: list[dict], budget_mib: float) -> dict[str, int]:
+    """Per model, the largest frame count whose ``forward_backward`` peak stays within ``budget_mib``, from a
+    least-squares line through the measured (frames, peak) points (memory grows linearly with the tokens
+    for every layer kind here: attention runs as a fused kernel). Models measured at fewer than two frame
+    counts are left out."""
+    out = {}
+    for model in sorted({r["model"] for r in results if "error" not in r}):
+        points = [(r["frames"], r["forward_backward"]["peak_mib"]) for r in results
+                  if r.get("model") == model and "forward_backward" in r and r["forward_backward"]["peak_mib"] > 0]
+        if len({f for f, _ in points}) < 2:
+            continue
+        n = len(points)
+        mean_f = sum(f for f, _ in points) / n
+        mean_m = sum(m for _, m in points) / n
+        slope = sum((f - mean_f) * (m - mean_m) for f, m in points) / sum((f - mean_f) ** 2 for f, _ in points)
+        if slope <= 0:
+            continue
+        out[model] = int((budget_mib - (mean_m - slope * mean_f)) // slope)
+    return out
+
+
+def _measure_in_process(config: dict, scan_backend: str | None, fused_mamba: str | None = None) -> dict:
     import contextlib
 
     import torch
@@ -196,11 +239,20 @@ def _measure_in_process(config: dict, scan_backend: str | None) -> dict:
     if threads:
         torch.set_num_threads(threads)
     context = use_backend(scan_backend) if scan_backend else contextlib.nullcontext()
+    previous = os.environ.get("VIDEOMAP_FUSED_MAMBA")
+    if fused_mamba is not None:
+        os.environ["VIDEOMAP_FUSED_MAMBA"] = fused_mamba
     try:
         with context:
             return measure_configuration(**config)
     except Exception as error:  # one failing configuration must not end the sweep
         return {"model": config["model"], "frames": config["frames"], "error": f"{type(error).__name__}: {error}"}
+    finally:
+        if fused_mamba is not None:
+            if previous is None:
+                os.environ.pop("VIDEOMAP_FUSED_MAMBA", None)
+            else:
+                os.environ["VIDEOMAP_FUSED_MAMBA"] = previous
 
 
 def _summary(row: dict, modes) -> str:
@@ -309,6 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--baseline", default="videovit_small", help="model the ratios are taken against ('' = none)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--scan-backend", default=None, choices=["auto", "reference", "cpu", "cuda"])
+    parser.add_argument("--fused-mamba", default=None, choices=["1", "xz", "input", "0"],
+                        help="the Mamba layer's training path ($VIDEOMAP_FUSED_MAMBA; default: fused, keeping xz)")
+    parser.add_argument("--grad-checkpointing", action="store_true", help="checkpoint every layer in training steps")
+    parser.add_argument("--memory-budget", type=float, default=16.0,
+                        help="GiB: report the largest frame count whose training step fits (0 = no report)")
     parser.add_argument("--in-process", action="store_true", help="no subprocess per configuration")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per configuration")
     parser.add_argument("--max-seconds", type=float, default=None, help="stop repeating after this long")
@@ -335,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
         models=args.models, frames=args.frames, modes=args.modes, img_size=args.img_size,
         batch_size=args.batch_size, repeats=args.repeats, warmup=args.warmup, device=args.device, amp=args.amp,
         baseline=args.baseline or None, threads=args.threads, scan_backend=args.scan_backend,
+        fused_mamba=args.fused_mamba, grad_checkpointing=args.grad_checkpointing,
+        memory_budget_gib=args.memory_budget or None,
         isolate=not args.in_process, timeout_s=args.timeout, max_seconds=args.max_seconds, out_dir=args.out,
         plot=not args.no_plot,
     )
