@@ -16,13 +16,13 @@ from videomap.layers.bimamba import FUSED_ENV_VAR, fused_mamba_mode
 from videomap.layers.blocks import MambaLayer
 from videomap.models import create_model
 from videomap.ops import resolve_backend
-from videomap.ops.bimamba_cpu import DirectionWeights, bimamba_inner_cpu
+from videomap.ops.bimamba_fused import DirectionWeights, bimamba_inner
 from videomap.ops.scan_cpu import load_cpu_kernel, scan_backward_cpu
 
 pytestmark = pytest.mark.skipif(resolve_backend(torch.device("cpu"), torch.float32) != "cpu",
                                 reason="the fused layer needs the CPU kernel")
 
-FUSED_NODE = "_BiMambaInnerCPUBackward"
+FUSED_NODE = "_BiMambaInnerBackward"
 
 
 def graph_nodes(t: torch.Tensor) -> set[str]:
@@ -88,7 +88,7 @@ def test_fused_layer_gradcheck(mode, with_norm):
     out_proj = mixer.out_proj.weight.detach().clone().requires_grad_()
 
     def layer_fn(x, norm_weight, in_proj, out_proj, *weights):
-        return bimamba_inner_cpu(x, in_proj, out_proj, DirectionWeights(*weights[:7]), DirectionWeights(*weights[7:]),
+        return bimamba_inner(x, in_proj, out_proj, DirectionWeights(*weights[:7]), DirectionWeights(*weights[7:]),
                                  dt_rank=mixer.dt_rank, d_state=2, scale=0.5,
                                  norm_weight=norm_weight if with_norm else None, recompute=mode)
 

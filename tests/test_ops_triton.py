@@ -230,3 +230,34 @@ def test_conv_bf16_input_keeps_its_dtype():
     assert out.dtype == torch.bfloat16 and x.grad.dtype == torch.bfloat16
     want = causal_conv1d_reference(x.detach().float().cpu(), w.cpu(), b.cpu(), activation="silu")
     assert max_rel_error(out.float().cpu(), want) <= 1e-2
+
+
+@pytest.mark.parametrize("mode", ["xz", "input"])
+def test_fused_mamba_layer_on_triton_has_the_unfused_layers_gradients(mode):
+    """The fused training layer on the Triton scan (it keeps the merged output, which the Triton backward does
+    not recompute) against the unfused layer on the reference backend: output and every gradient."""
+    import copy
+
+    from videomap.layers.blocks import MambaLayer
+
+    torch.manual_seed(0)
+    fused = MambaLayer(8, d_state=4).to(DEVICE)
+    with torch.no_grad():
+        for p in fused.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    unfused = copy.deepcopy(fused).cpu()
+    fused.mixer.fused, unfused.mixer.fused = mode, "off"
+    x = torch.randn(2, 70, 8)
+    x_fused, x_unfused = x.clone().to(DEVICE).requires_grad_(), x.clone().requires_grad_()
+    with scan_backend("triton"):
+        out_fused = fused(x_fused)
+        mixer_node = out_fused.grad_fn.next_functions[1][0].next_functions[0][0]  # x + transpose(fused(...))
+        assert type(mixer_node).__name__ == "_BiMambaInnerBackward"
+        out_fused.pow(2).sum().backward()
+    with scan_backend("reference"):
+        out_unfused = unfused(x_unfused)
+        out_unfused.pow(2).sum().backward()
+    assert max_rel_error(out_fused.detach().cpu(), out_unfused.detach()) <= 1e-4
+    assert max_rel_error(x_fused.grad.cpu(), x_unfused.grad) <= 1e-3
+    for (name, p_fused), p_unfused in zip(fused.named_parameters(), unfused.parameters()):
+        assert max_rel_error(p_fused.grad.cpu(), p_unfused.grad) <= 1e-3, f"d{name}"

@@ -51,12 +51,13 @@ class BiMamba(nn.Module):
     Parameter names and shapes are those of VideoMamba's ``Mamba(bimamba=True)``, so its checkpoints load;
     ``merge="sum"`` reproduces it exactly.
 
-    In training on the CPU the layer runs as one fused autograd node (:mod:`videomap.ops.bimamba_cpu`) that
-    saves ``xz``, the merged output and the scan checkpoints, and recomputes the rest in the backward: the
-    same gradients for about a third of the memory. ``$VIDEOMAP_FUSED_MAMBA`` (or the ``fused`` attribute,
-    which wins when set) picks it: ``xz`` (default), ``input`` (also recompute ``in_proj``; keeps only the
-    layer input) or ``0`` (the unfused layer, the reference). Inference (no grad) always takes the unfused
-    path, which saves nothing anyway; so do bf16 autocast and devices without the CPU kernel.
+    In training the layer (with the RMSNorm in front of it, passed as ``norm``) runs as one fused autograd
+    node (:mod:`videomap.ops.bimamba_fused`) that saves the input, ``xz`` and the scan checkpoints and
+    recomputes the rest in the backward: the same gradients for about a third of the memory. It is used with
+    the ``cpu`` and ``triton`` scan backends in fp32/fp64 without autocast. ``$VIDEOMAP_FUSED_MAMBA`` (or the
+    ``fused`` attribute, which wins when set) picks it: ``xz`` (default), ``input`` (also recompute
+    ``in_proj``; keeps only the layer input) or ``0`` (the unfused layer, the reference). Inference (no grad)
+    always takes the unfused path, which saves nothing anyway; so do autocast and the other backends.
     """
 
     #: ``None`` follows ``$VIDEOMAP_FUSED_MAMBA``; ``"xz"``, ``"input"`` or ``"off"`` overrides it.
@@ -158,35 +159,38 @@ class BiMamba(nn.Module):
             reverse=reverse,
         )
 
-    def _fused_mode(self, hidden_states: torch.Tensor) -> str | None:
-        """``"xz"`` / ``"input"`` when this call takes the fused CPU layer, else ``None``."""
+    def _fused_path(self, hidden_states: torch.Tensor) -> tuple[str, str] | None:
+        """``(recompute mode, scan backend)`` when this call takes the fused layer, else ``None``."""
         if not torch.is_grad_enabled() or hidden_states.dtype not in (torch.float32, torch.float64):
             return None
-        if hidden_states.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
+        device = hidden_states.device
+        if torch.is_autocast_enabled(device.type):
             return None
         mode = fused_mamba_mode() if self.fused is None else (None if self.fused == "off" else self.fused)
-        if mode is None or resolve_backend(hidden_states.device, hidden_states.dtype) != "cpu":
+        if mode is None:
             return None
-        if resolve_backend(hidden_states.device, hidden_states.dtype, op="conv") != "cpu":
-            return None
-        return mode
+        from ..ops.bimamba_fused import SCAN_STEPS
+
+        backend = resolve_backend(device, hidden_states.dtype)
+        return (mode, backend) if backend in SCAN_STEPS else None
 
     def _direction_weights(self, conv, x_proj, dt_proj, A_log, D):
-        from ..ops.bimamba_cpu import DirectionWeights
+        from ..ops.bimamba_fused import DirectionWeights
 
         return DirectionWeights(conv.weight.squeeze(1), conv.bias, x_proj.weight, dt_proj.weight, dt_proj.bias,
                                 A_log, D)
 
-    def _forward_fused(self, hidden_states: torch.Tensor, mode: str, norm: nn.Module | None) -> torch.Tensor:
-        from ..ops.bimamba_cpu import bimamba_inner_cpu
+    def _forward_fused(self, hidden_states: torch.Tensor, mode: str, backend: str,
+                       norm: nn.Module | None) -> torch.Tensor:
+        from ..ops.bimamba_fused import bimamba_inner
 
-        out = bimamba_inner_cpu(
+        out = bimamba_inner(
             hidden_states, self.in_proj.weight, self.out_proj.weight,
             self._direction_weights(self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D),
             self._direction_weights(self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b),
             dt_rank=self.dt_rank, d_state=self.d_state, scale=0.5 if self.merge == "mean" else 1.0,
             norm_weight=None if norm is None else norm.weight, norm_eps=1e-5 if norm is None else norm.eps,
-            recompute=mode,
+            recompute=mode, backend=backend,
         )
         return out.transpose(1, 2)
 
@@ -197,9 +201,9 @@ class BiMamba(nn.Module):
         rather than calling it before lets the fused training path recompute its output in the backward
         instead of keeping it.
         """
-        mode = self._fused_mode(hidden_states)
-        if mode is not None and (norm is None or isinstance(norm, RMSNorm)):
-            return self._forward_fused(hidden_states, mode, norm)
+        path = self._fused_path(hidden_states)
+        if path is not None and (norm is None or isinstance(norm, RMSNorm)):
+            return self._forward_fused(hidden_states, *path, norm)
         if norm is not None:
             hidden_states = norm(hidden_states)
         # (E2, D) @ (B, D, L) lands directly in the (B, 2E, L) layout the conv and the scan want.

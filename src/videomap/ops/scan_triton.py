@@ -287,42 +287,110 @@ def _grouped_view(BC: torch.Tensor, batch: int, channels: int, length: int) -> t
     return BC
 
 
+def scan_forward_triton(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, reverse, chunk=DEFAULT_CHUNK,
+                        block_e=None, keep_checkpoints=False):
+    """Launch the forward kernel. B, C as ``(B, G, N, L)`` views. Returns ``out (B, E, L)``, ``last (B, E, N)``
+    and what :func:`scan_backward_triton` needs besides the inputs: the checkpoints and the launch
+    configuration (``(None, None)`` unless ``keep_checkpoints``)."""
+    batch, channels, length = u.shape
+    state = A.shape[1]
+    dt = compute_dtype(u.dtype)
+    # Programs are aligned to segments that lie inside one B group and one C group.
+    b_group, c_group = channels // B.shape[1], channels // C.shape[1]
+    seg_size = math.gcd(b_group, c_group)
+    block_e, blocks_per_seg = _launch_shape(batch, channels, seg_size, u.device, block_e)
+    block_n = max(2, _next_pow2(state))
+    n_chunks = triton.cdiv(length, chunk)
+    out = torch.empty((batch, channels, length), device=u.device, dtype=u.dtype)
+    last = torch.empty((batch, channels, state), device=u.device, dtype=dt)
+    ckpt = torch.empty((batch, n_chunks if keep_checkpoints else 1, channels, state), device=u.device, dtype=dt)
+    grid = (batch, (channels // seg_size) * blocks_per_seg)
+    h0 = initial_state if initial_state is not None else last
+    _scan_fwd_kernel[grid](
+        u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
+        delta_bias if delta_bias is not None else u, h0, out, last, ckpt,
+        length, channels, state, seg_size, blocks_per_seg, b_group, c_group,
+        *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(),
+        *(z.stride() if z is not None else u.stride()), *out.stride(), *h0.stride(),
+        ckpt.stride(0), ckpt.stride(1),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=bool(delta_softplus), HAS_H0=initial_state is not None, REVERSE=bool(reverse),
+        SAVE=bool(keep_checkpoints), CHUNK=chunk, BLOCK_E=block_e, BLOCK_N=block_n,
+        num_warps=_num_warps(block_e, block_n),
+    )
+    if not keep_checkpoints:
+        return out, last, (None, None)
+    # The checkpoints are per channel, so the backward may block the channels differently: not narrower
+    # than 8 by default, because its dB/dC partials take one (B, N, L) row per block.
+    block_e_bwd, blocks_bwd = _launch_shape(batch, channels, seg_size, u.device, block_e, narrowest=8)
+    config = (bool(delta_softplus), bool(reverse), chunk, block_e_bwd, blocks_bwd, seg_size, block_n)
+    return out, last, (ckpt, config)
+
+
+def scan_backward_triton(u, delta, A, B, C, D, z, delta_bias, initial_state, saved, grad_out, grad_last=None):
+    """Launch the backward kernel for a :func:`scan_forward_triton` call with these inputs and ``saved`` =
+    its ``(checkpoints, config)``. Returns ``du, ddelta, dA, dB, dC, dD, dz, dbias, dinit``: dA, dD, dbias
+    summed over the batch, dB and dC per group ``(B, G, N, L)``, all in the inputs' dtypes; None where an
+    input is None."""
+    ckpt, config = saved
+    softplus, reverse, chunk, block_e, blocks_per_seg, seg_size, block_n = config
+    batch, channels, length = u.shape
+    state = A.shape[1]
+    dt = ckpt.dtype
+    dev = u.device
+    if grad_out is None:
+        grad_out = torch.zeros_like(u)
+    programs = (channels // seg_size) * blocks_per_seg
+    b_group, c_group = channels // B.shape[1], channels // C.shape[1]
+    du = torch.empty((batch, channels, length), device=dev, dtype=u.dtype)
+    ddelta = torch.empty((batch, channels, length), device=dev, dtype=delta.dtype)
+    dz = torch.empty((batch, channels, length), device=dev, dtype=z.dtype) if z is not None else du
+    dA = torch.empty((batch, channels, state), device=dev, dtype=dt)
+    dB = torch.empty((batch, programs, state, length), device=dev, dtype=dt)
+    dC = torch.empty((batch, programs, state, length), device=dev, dtype=dt)
+    dD = torch.empty((batch, channels), device=dev, dtype=dt) if D is not None else dA
+    dbias = torch.empty((batch, channels), device=dev, dtype=dt) if delta_bias is not None else dA
+    dh0 = torch.empty((batch, channels, state), device=dev, dtype=dt)
+    scratch = torch.empty((batch, programs, chunk, block_e, block_n), device=dev, dtype=dt)
+    _scan_bwd_kernel[(batch, programs)](
+        u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
+        delta_bias if delta_bias is not None else u, ckpt, grad_out,
+        grad_last.contiguous() if grad_last is not None else dA, scratch,
+        du, ddelta, dz, dA, dB, dC, dD, dbias, dh0,
+        length, channels, state, seg_size, blocks_per_seg, b_group, c_group,
+        *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(),
+        *(z.stride() if z is not None else u.stride()), *grad_out.stride(), ckpt.stride(0), ckpt.stride(1),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
+        HAS_GLAST=grad_last is not None, REVERSE=reverse, CHUNK=chunk, BLOCK_E=block_e, BLOCK_N=block_n,
+        num_warps=_num_warps(block_e, block_n),
+    )
+
+    def per_group(partial: torch.Tensor, groups: int) -> torch.Tensor:
+        # (B, programs, N, L) -> (B, G, N, L): sum the blocks of each group, in a fixed order.
+        return partial.view(batch, groups, programs // groups, state, length).sum(2)
+
+    return (
+        du,
+        ddelta,
+        dA.sum(0).to(A.dtype),
+        per_group(dB, B.shape[1]).to(B.dtype),
+        per_group(dC, C.shape[1]).to(C.dtype),
+        dD.sum(0).to(D.dtype) if D is not None else None,
+        dz if z is not None else None,
+        dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None,
+        dh0.to(initial_state.dtype) if initial_state is not None else None,
+    )
+
+
 class _SelectiveScanTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, reverse, chunk, block_e,
                 needs_grad):
-        batch, channels, length = u.shape
-        state = A.shape[1]
-        dt = compute_dtype(u.dtype)
-        # Programs are aligned to segments that lie inside one B group and one C group.
-        b_group, c_group = channels // B.shape[1], channels // C.shape[1]
-        seg_size = math.gcd(b_group, c_group)
-        block_e, blocks_per_seg = _launch_shape(batch, channels, seg_size, u.device, block_e)
-        block_n = max(2, _next_pow2(state))
-        n_chunks = triton.cdiv(length, chunk)
-        out = torch.empty((batch, channels, length), device=u.device, dtype=u.dtype)
-        last = torch.empty((batch, channels, state), device=u.device, dtype=dt)
-        ckpt = torch.empty((batch, n_chunks if needs_grad else 1, channels, state), device=u.device, dtype=dt)
-        grid = (batch, (channels // seg_size) * blocks_per_seg)
-        h0 = initial_state if initial_state is not None else last
-        _scan_fwd_kernel[grid](
-            u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
-            delta_bias if delta_bias is not None else u, h0, out, last, ckpt,
-            length, channels, state, seg_size, blocks_per_seg, b_group, c_group,
-            *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(),
-            *(z.stride() if z is not None else u.stride()), *out.stride(), *h0.stride(),
-            ckpt.stride(0), ckpt.stride(1),
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=bool(delta_softplus), HAS_H0=initial_state is not None, REVERSE=bool(reverse),
-            SAVE=bool(needs_grad), CHUNK=chunk, BLOCK_E=block_e, BLOCK_N=block_n,
-            num_warps=_num_warps(block_e, block_n),
-        )
+        out, last, (ckpt, config) = scan_forward_triton(u, delta, A, B, C, D, z, delta_bias, initial_state,
+                                                        delta_softplus, reverse, chunk, block_e, needs_grad)
         if needs_grad:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, ckpt)
-            # The checkpoints are per channel, so the backward may block the channels differently: not
-            # narrower than 8 by default, because its dB/dC partials take one (B, N, L) row per block.
-            block_e_bwd, blocks_bwd = _launch_shape(batch, channels, seg_size, u.device, block_e, narrowest=8)
-            ctx.config = (bool(delta_softplus), bool(reverse), chunk, block_e_bwd, blocks_bwd, seg_size, block_n)
+            ctx.config = config
         ctx.set_materialize_grads(False)
         return out, last
 
@@ -330,55 +398,10 @@ class _SelectiveScanTriton(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out, grad_last):
         u, delta, A, B, C, D, z, delta_bias, initial_state, ckpt = ctx.saved_tensors
-        softplus, reverse, chunk, block_e, blocks_per_seg, seg_size, block_n = ctx.config
-        batch, channels, length = u.shape
-        state = A.shape[1]
-        dt = ckpt.dtype
-        dev = u.device
-        if grad_out is None:
-            grad_out = torch.zeros_like(u)
-        programs = (channels // seg_size) * blocks_per_seg
-        b_group, c_group = channels // B.shape[1], channels // C.shape[1]
-        du = torch.empty((batch, channels, length), device=dev, dtype=u.dtype)
-        ddelta = torch.empty((batch, channels, length), device=dev, dtype=delta.dtype)
-        dz = torch.empty((batch, channels, length), device=dev, dtype=z.dtype) if z is not None else du
-        dA = torch.empty((batch, channels, state), device=dev, dtype=dt)
-        dB = torch.empty((batch, programs, state, length), device=dev, dtype=dt)
-        dC = torch.empty((batch, programs, state, length), device=dev, dtype=dt)
-        dD = torch.empty((batch, channels), device=dev, dtype=dt) if D is not None else dA
-        dbias = torch.empty((batch, channels), device=dev, dtype=dt) if delta_bias is not None else dA
-        dh0 = torch.empty((batch, channels, state), device=dev, dtype=dt)
-        scratch = torch.empty((batch, programs, chunk, block_e, block_n), device=dev, dtype=dt)
-        _scan_bwd_kernel[(batch, programs)](
-            u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
-            delta_bias if delta_bias is not None else u, ckpt, grad_out,
-            grad_last.contiguous() if grad_last is not None else dA, scratch,
-            du, ddelta, dz, dA, dB, dC, dD, dbias, dh0,
-            length, channels, state, seg_size, blocks_per_seg, b_group, c_group,
-            *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(),
-            *(z.stride() if z is not None else u.stride()), *grad_out.stride(), ckpt.stride(0), ckpt.stride(1),
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
-            HAS_GLAST=grad_last is not None, REVERSE=reverse, CHUNK=chunk, BLOCK_E=block_e, BLOCK_N=block_n,
-            num_warps=_num_warps(block_e, block_n),
-        )
+        grads = scan_backward_triton(u, delta, A, B, C, D, z, delta_bias, initial_state, (ckpt, ctx.config),
+                                     grad_out, grad_last)
         need = ctx.needs_input_grad
-
-        def per_group(partial: torch.Tensor, groups: int) -> torch.Tensor:
-            # (B, programs, N, L) -> (B, G, N, L): sum the blocks of each group, in a fixed order.
-            return partial.view(batch, groups, programs // groups, state, length).sum(2)
-
-        return (
-            du if need[0] else None,
-            ddelta if need[1] else None,
-            dA.sum(0).to(A.dtype) if need[2] else None,
-            per_group(dB, B.shape[1]).to(B.dtype) if need[3] else None,
-            per_group(dC, C.shape[1]).to(C.dtype) if need[4] else None,
-            dD.sum(0).to(D.dtype) if D is not None and need[5] else None,
-            dz if z is not None and need[6] else None,
-            dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None and need[7] else None,
-            dh0.to(initial_state.dtype) if initial_state is not None and need[8] else None,
-            None, None, None, None, None,
-        )
+        return (*(g if wanted else None for g, wanted in zip(grads, need)), None, None, None, None, None)
 
 
 def selective_scan_triton(
@@ -420,4 +443,4 @@ def selective_scan_triton(
     return (out, last) if return_last_state else out
 
 
-__all__ = ["DEFAULT_CHUNK", "selective_scan_triton"]
+__all__ = ["DEFAULT_CHUNK", "scan_backward_triton", "scan_forward_triton", "selective_scan_triton"]
