@@ -17,7 +17,9 @@ def test_gpu_check_dry_run_writes_its_table(tmp_path):
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["dry_run"] is True
     stages = {row["stage"] for row in report["rows"]}
-    assert stages == {"parity", "scan speed", "models", "fit", "training"}
+    assert stages == {"parity", "scan speed", "models", "memory", "fit", "training"}
+    fused = {row["item"].rsplit("fused=", 1)[-1] for row in report["rows"] if "fused=" in row["item"]}
+    assert fused == {"xz", "input", "0"}
     assert not [row for row in report["rows"] if row["metric"] == "error"], report["rows"]
     assert all(row["note"].startswith("ok") or "ok" in row["note"]
                for row in report["rows"] if row["stage"] == "parity" and "err" in row["metric"])

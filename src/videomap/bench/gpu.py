@@ -8,9 +8,11 @@ table as it goes and writes it to ``--out`` as JSON and markdown:
    measured in the same run);
 3. **models**: ``videomap_small``, ``videomamba_small``, ``videovit_small`` at 16, 64 and 256 frames, 224²,
    bf16 autocast: forward clips/s, training-step clips/s, peak memory;
-4. **fit**: the largest frame count each model's training step fits in the device's memory (doubling then
+4. **memory**: fp32 training steps (no autocast, so the fused Mamba layer runs) at 16 frames with each
+   ``$VIDEOMAP_FUSED_MAMBA`` path (``xz``, ``input``, ``0``) against the ViT: peak memory and time;
+5. **fit**: the largest frame count each model's training step fits in the device's memory (doubling then
    bisection, out-of-memory caught, time-capped);
-5. **training**: 30 steps of the frame-wise MAR pretraining objective and 30 of fine-tuning on generated
+6. **training**: 30 steps of the frame-wise MAR pretraining objective and 30 of fine-tuning on generated
    clips (in memory: no video decoder needed), bf16: loss finite and decreasing.
 
 Every stage has a time guard so the whole command stays inside ``--budget`` seconds (default 450). With
@@ -407,6 +409,60 @@ def stage_fit(report: Report, device, dry: bool, deadline: Deadline, models) -> 
             report.add("fit", name, "error", "-", f"{type(error).__name__}: {error}"[:200])
 
 
+# ----------------------------------------------------------------------------------- 4b. training memory
+
+
+#: ``$VIDEOMAP_FUSED_MAMBA`` values the memory stage compares (the fused layer only runs without autocast).
+FUSED_MODES = ("xz", "input", "0")
+
+
+def _fp32_step_fn(net, x):
+    def step():
+        net.zero_grad(set_to_none=True)
+        net(x).logsumexp(-1).mean().backward()
+
+    return step
+
+
+def stage_memory(report: Report, device, dry: bool, deadline: Deadline, models, frames: int = 16) -> None:
+    """fp32 training steps with each Mamba training path: peak memory and time (the fused layer's rows)."""
+    import torch
+
+    from ..layers.bimamba import FUSED_ENV_VAR
+
+    img_size = 32 if dry else 224
+    frames = 2 if dry else frames
+    before = os.environ.get(FUSED_ENV_VAR)
+    try:
+        for name in models:
+            modes = FUSED_MODES if "vit" not in name else ("-",)
+            for mode in modes:
+                item = f"{name} T={frames} {img_size}² fp32" + ("" if mode == "-" else f" fused={mode}")
+                if deadline.left() < 90:
+                    report.add("memory", item, "skipped", "-", "time budget")
+                    continue
+                if mode != "-":
+                    os.environ[FUSED_ENV_VAR] = mode
+                net = x = None
+                try:
+                    net = _model(name, frames, img_size, device).train()
+                    x = torch.randn(1, 3, frames, img_size, img_size, device=device)
+                    step = _fp32_step_fn(net, x)
+                    step_ms = _median_ms(step, device, repeats=3, max_seconds=min(20.0, deadline.left() / 10))
+                    peak = _peak_mib(step, device)
+                    report.add("memory", item, "train-step peak MiB", peak, f"{step_ms:.1f} ms per step")
+                except Exception as error:  # noqa: BLE001 - out of memory or a failure is a result
+                    what = "out of memory" if _is_oom(error) else f"{type(error).__name__}: {error}"[:200]
+                    report.add("memory", item, "error", "-", what)
+                del net, x
+                _free(device)
+    finally:
+        if before is None:
+            os.environ.pop(FUSED_ENV_VAR, None)
+        else:
+            os.environ[FUSED_ENV_VAR] = before
+
+
 # ------------------------------------------------------------------------------------------------ 5. training
 
 
@@ -490,7 +546,7 @@ def stage_training(report: Report, device, dry: bool, deadline: Deadline, steps:
 
 
 def run_gpu_check(out: str | os.PathLike | None = None, dry_run: bool = False, budget: float = 450.0,
-                  stages=("parity", "scan", "models", "fit", "training"), models=MODELS, frames=FRAMES,
+                  stages=("parity", "scan", "models", "memory", "fit", "training"), models=MODELS, frames=FRAMES,
                   dtype: str = "bfloat16", steps: int = 30) -> Report:
     """Run the stages and return the report (also written to ``out``/gpu_check.{json,md})."""
     import torch
@@ -510,6 +566,8 @@ def run_gpu_check(out: str | os.PathLike | None = None, dry_run: bool = False, b
         stage_scan_speed(report, device, dry_run, deadline, dtype)
     if "models" in stages:
         stage_models(report, device, dry_run, deadline, models, (2,) if dry_run else frames)
+    if "memory" in stages:
+        stage_memory(report, device, dry_run, deadline, models)
     if "fit" in stages:
         stage_fit(report, device, dry_run, deadline, models)
     if "training" in stages:
@@ -534,8 +592,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dry-run", action="store_true",
                         help="tiny shapes on the CPU (Triton under TRITON_INTERPRET=1): tests the command end to end")
     parser.add_argument("--budget", type=float, default=450.0, help="seconds for the whole command (default 450)")
-    parser.add_argument("--stages", nargs="+", default=["parity", "scan", "models", "fit", "training"],
-                        choices=["parity", "scan", "models", "fit", "training"])
+    parser.add_argument("--stages", nargs="+", default=["parity", "scan", "models", "memory", "fit", "training"],
+                        choices=["parity", "scan", "models", "memory", "fit", "training"])
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--frames", type=int, nargs="+", default=list(FRAMES))
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],

@@ -807,6 +807,19 @@ struct Scan {
     for (int a = 0, b = T - 1; a < b; ++a, --b)
       for (int i = 0; i < width; ++i) std::swap(tile[a * width + i], tile[b * width + i]);
   }
+  // Loads chunk [t0, t0 + T)'s B and C tiles for all the task's blocks, in scan order; returns the position
+  // of the chunk's first stored step (where its u/delta/z rows start too).
+  template <typename In>
+  static int64_t load_bc_chunk(const Shape& s, const In* Bsrc, const In* Csrc, int64_t t0, int T, S* Bt, S* Ct) {
+    const int64_t c0 = chunk_start(s, t0, T);
+    Tile::tile_in(Bsrc + c0, s.L, static_cast<int>(s.N), NT / W, T, Bt, NT);
+    Tile::tile_in(Csrc + c0, s.L, static_cast<int>(s.N), NT / W, T, Ct, NT);
+    if (s.reverse) {
+      flip_steps(Bt, T, NT);
+      flip_steps(Ct, T, NT);
+    }
+    return c0;
+  }
 
   // (.., E, N) arrays (A, states, checkpoints): buf[n * 16 + c] = src[c * N + n] for the block's lanes,
   // 0 for absent lanes and padded n; and back.
@@ -905,13 +918,7 @@ struct Scan {
         for (int64_t k = 0; k < s.K; ++k) {
           const int64_t t0 = k * TCH;
           const int T = static_cast<int>(std::min<int64_t>(TCH, s.L - t0));
-          const int64_t c0 = chunk_start(s, t0, T);  // position of the chunk's first stored step
-          Tile::tile_in(Bsrc + c0, s.L, static_cast<int>(s.N), NT / W, T, Bt, NT);
-          Tile::tile_in(Csrc + c0, s.L, static_cast<int>(s.N), NT / W, T, Ct, NT);
-          if (s.reverse) {
-            flip_steps(Bt, T, NT);
-            flip_steps(Ct, T, NT);
-          }
+          const int64_t c0 = load_bc_chunk(s, Bsrc, Csrc, t0, T, Bt, Ct);
           for (int64_t i = 0; i < tk.nb; ++i) {
             const int64_t e0 = first_channel(s, tk, i);
             const int nl = lanes(s, tk, i);
@@ -1107,13 +1114,7 @@ struct Scan {
         for (int64_t k = s.K - 1; k >= 0; --k) {
           const int64_t t0 = k * TCH;
           const int T = static_cast<int>(std::min<int64_t>(TCH, s.L - t0));
-          const int64_t c0 = chunk_start(s, t0, T);  // position of the chunk's first stored step
-          Tile::tile_in(Bsrc + c0, s.L, static_cast<int>(s.N), NT / W, T, Bt, NT);
-          Tile::tile_in(Csrc + c0, s.L, static_cast<int>(s.N), NT / W, T, Ct, NT);
-          if (s.reverse) {
-            flip_steps(Bt, T, NT);
-            flip_steps(Ct, T, NT);
-          }
+          const int64_t c0 = load_bc_chunk(s, Bsrc, Csrc, t0, T, Bt, Ct);
           for (int64_t i = 0; i < tk.nb; ++i) {
             const int64_t e0 = first_channel(s, tk, i);
             const int nl = lanes(s, tk, i);
