@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 
 import pytest
 import torch
@@ -60,13 +61,20 @@ def test_worker_loader_runs_the_given_init_fn_after_ignoring_sigterm(sigterm_as_
 def test_the_parent_gets_a_sigterm_held_back_while_workers_start():
     received = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    # Another thread (left by an earlier test) may take a process-wide kill; the mask is per thread, so the
+    # signal goes to this thread itself. What the block must guarantee is that it is held back here, where
+    # the workers are forked (they inherit this thread's mask).
+    idle = threading.Event()
+    bystander = threading.Thread(target=idle.wait, daemon=True)
+    bystander.start()
     try:
         with sigterm_blocked():
-            os.kill(os.getpid(), signal.SIGTERM)
+            signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
             assert received == []                      # held back, not lost ...
         assert received == [signal.SIGTERM]            # ... and delivered once the block ends
         assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
         list(WorkerLoader(Squares(), batch_size=4, num_workers=1))
         assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, set())  # the mask is restored
     finally:
+        idle.set()
         signal.signal(signal.SIGTERM, previous)

@@ -47,7 +47,12 @@ class _IgnoreSigtermThen:
 
 @contextlib.contextmanager
 def sigterm_blocked() -> Iterator[None]:
-    """Hold back SIGTERM in this thread for the block; one that arrives meanwhile is delivered after it."""
+    """Hold back SIGTERM in this thread for the block; one sent to it meanwhile is delivered after it.
+
+    The mask is per thread: a process-wide SIGTERM may still be taken by another thread (Python then runs
+    the handler in the main thread as usual). What matters here is that processes forked inside the block
+    start with SIGTERM blocked, since they inherit the forking thread's mask.
+    """
     if not _CAN_BLOCK:
         yield
         return
