@@ -195,6 +195,8 @@ class _BiMambaInner(torch.autograd.Function):
         if xz is None:  # redo the forward, this time keeping what the scans' backward needs
             xz = channels_first_matmul(in_proj_weight, normed.detach().transpose(1, 2))
             y, saved_f, saved_b = _forward_y(steps, xz, forward_w, backward_w, dt_rank, d_state, scale, True)
+            if steps.returns_output:
+                y = None  # the scans' backward hands it back again; do not hold two copies meanwhile
         else:
             saved_f, saved_b = (ckpt_f, *ctx.extras[0]), (ckpt_b, *ctx.extras[1])
         grad_out = grad_out.to(xz.dtype)
