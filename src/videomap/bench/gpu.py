@@ -272,15 +272,20 @@ def stage_scan_speed(report: Report, device, dry: bool, deadline: Deadline, dtyp
 # -------------------------------------------------------------------------------------------------- 3. models
 
 
-def _train_step_fn(net, x, device, optimizer):
+def _train_step_fn(net, x, device, optimizer=None, bf16=True):
+    """One training step: forward (under bf16 autocast unless ``bf16`` is False), backward, and the
+    optimizer's step when one is given."""
+    import contextlib
+
     import torch
 
     def step():
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+        net.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
             loss = net(x).float().logsumexp(-1).mean()
         loss.backward()
-        optimizer.step()
+        if optimizer is not None:
+            optimizer.step()
 
     return step
 
@@ -413,15 +418,7 @@ def stage_fit(report: Report, device, dry: bool, deadline: Deadline, models) -> 
 
 
 #: ``$VIDEOMAP_FUSED_MAMBA`` values the memory stage compares (the fused layer only runs without autocast).
-FUSED_MODES = ("xz", "input", "0")
-
-
-def _fp32_step_fn(net, x):
-    def step():
-        net.zero_grad(set_to_none=True)
-        net(x).logsumexp(-1).mean().backward()
-
-    return step
+MEMORY_STAGE_PATHS = ("xz", "input", "0")
 
 
 def stage_memory(report: Report, device, dry: bool, deadline: Deadline, models, frames: int = 16) -> None:
@@ -435,7 +432,7 @@ def stage_memory(report: Report, device, dry: bool, deadline: Deadline, models, 
     before = os.environ.get(FUSED_ENV_VAR)
     try:
         for name in models:
-            modes = FUSED_MODES if "vit" not in name else ("-",)
+            modes = MEMORY_STAGE_PATHS if "vit" not in name else ("-",)
             for mode in modes:
                 item = f"{name} T={frames} {img_size}² fp32" + ("" if mode == "-" else f" fused={mode}")
                 if deadline.left() < 90:
@@ -447,7 +444,7 @@ def stage_memory(report: Report, device, dry: bool, deadline: Deadline, models, 
                 try:
                     net = _model(name, frames, img_size, device).train()
                     x = torch.randn(1, 3, frames, img_size, img_size, device=device)
-                    step = _fp32_step_fn(net, x)
+                    step = _train_step_fn(net, x, device, bf16=False)
                     step_ms = _median_ms(step, device, repeats=3, max_seconds=min(20.0, deadline.left() / 10))
                     peak = _peak_mib(step, device)
                     report.add("memory", item, "train-step peak MiB", peak, f"{step_ms:.1f} ms per step")
