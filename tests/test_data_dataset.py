@@ -18,7 +18,6 @@ from videomap.data import (
     DATASET_PRESETS,
     FailedVideo,
     FailureLog,
-    RepeatedAugSampler,
     VideoClassificationDataset,
     VideoRecord,
     collate_videos,
@@ -155,13 +154,14 @@ def test_all_failed_batch_is_skipped(tree):
 def test_worker_processes_report_failures_to_the_main_process(tree):
     ann = read_annotations(tree / "train.txt")
     ds = VideoClassificationDataset(ann, num_frames=4, input_size=32, seed=1)
-    sampler = RepeatedAugSampler(ds, num_repeats=2, seed=0, num_replicas=1, rank=0, with_seeds=True)
+    # Every video twice, each copy with its own augmentation seed (the keys ResumableBatches yields).
+    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0)).tolist()
+    drawn = [(i, 100 * copy + i) for i in order for copy in range(2)]
     failures = FailureLog()
-    loader = DataLoader(ds, batch_size=3, sampler=sampler, num_workers=2, collate_fn=collate_videos)
+    loader = DataLoader(ds, batch_size=3, sampler=drawn, num_workers=2, collate_fn=collate_videos)
     got = []
     for b in skip_failed(loader, failures):
         got += list(zip(b["index"].tolist(), b["label"].tolist()))
-    drawn = list(sampler)
     bad = {1, 4, 6}
     assert failures.count == sum(i in bad for i, _ in drawn)
     assert sorted(i for i, _ in got) == sorted(i for i, _ in drawn if i not in bad)
@@ -201,7 +201,8 @@ def test_evaluation_reports_failures_and_excludes_them(tree):
     broken = sorted(str(tree / rel) for rel in ("right/broken.mp4", "left/zero.mp4", "left/missing.mp4"))
     assert scored == good                           # only the decodable videos, in list order
     assert total == 4 and correct == 4              # the denominator excludes the 3 failed videos
-    assert summary["num_failed"] == 3 and summary["failed_videos"] == failures.paths == broken
+    assert summary["num_failed"] == 3 and [f["path"] for f in summary["failed_videos"]] == failures.paths == broken
+    assert summary["failed_loads"] == 3 and all(f["reason"] for f in summary["failed_videos"])
     json.dumps(summary)
 
 

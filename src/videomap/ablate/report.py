@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import statistics
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from .spec import sweeps_of
 
@@ -40,7 +40,7 @@ def _binomial_se(a: float, b: float, n: int) -> float:
     return 100.0 * math.sqrt((p * (1 - p) + q * (1 - q)) / max(1, n))
 
 
-def paired_delta(cells_a: Mapping[int, Mapping[str, Any]], cells_b: Mapping[int, Mapping[str, Any]]) -> Dict[str, Any]:
+def paired_delta(cells_a: Mapping[int, Mapping[str, Any]], cells_b: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
     """``a − b`` in test top-1 over the seeds both have: mean, standard error, outcome (see the module doc)."""
     seeds = sorted(set(cells_a) & set(cells_b))
     if not seeds:
@@ -54,8 +54,8 @@ def paired_delta(cells_a: Mapping[int, Mapping[str, Any]], cells_b: Mapping[int,
     return {"delta": round(delta, 2) + 0.0, "se": round(se, 2), "seeds": len(seeds), "outcome": outcome}
 
 
-def _by_setting(cells: Sequence[Mapping[str, Any]]) -> Dict[tuple, Dict[int, Mapping[str, Any]]]:
-    table: Dict[tuple, Dict[int, Mapping[str, Any]]] = {}
+def _by_setting(cells: Sequence[Mapping[str, Any]]) -> dict[tuple, dict[int, Mapping[str, Any]]]:
+    table: dict[tuple, dict[int, Mapping[str, Any]]] = {}
     for c in cells:
         key = (c["task"], c["schedule"], c["objective"], c["masking"], c["width"], float(c["label_fraction"]))
         table.setdefault(key, {})[int(c["seed"])] = c
@@ -67,7 +67,7 @@ def _key(setting: Mapping[str, Any]) -> tuple:
             float(setting["label_fraction"]))
 
 
-def _reference(spec: Mapping[str, Any], sweep: Mapping[str, Any], setting: Mapping[str, Any]) -> Dict[str, Any]:
+def _reference(spec: Mapping[str, Any], sweep: Mapping[str, Any], setting: Mapping[str, Any]) -> dict[str, Any]:
     """The setting a row is compared with: the same row with the varied factor at its base level; in the
     label sweep, the same fraction from scratch (pretraining's gain at that fraction)."""
     if sweep["vary"] == "label_fraction":
@@ -80,7 +80,7 @@ def _reference(spec: Mapping[str, Any], sweep: Mapping[str, Any], setting: Mappi
     return ref
 
 
-def _row(spec, sweep, setting, table) -> Dict[str, Any]:
+def _row(spec, sweep, setting, table) -> dict[str, Any]:
     runs = table.get(_key(setting), {})
     mean, se = mean_se([c["test_top1"] for c in runs.values()])
     first = next(iter(runs.values()), {})
@@ -96,7 +96,7 @@ def _r(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
 
 
-def summarise(spec: Mapping[str, Any], cells: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+def summarise(spec: Mapping[str, Any], cells: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One table per sweep: its rows (one per setting) with mean ± standard error and the paired difference
     to the sweep's reference level."""
     table = _by_setting(cells)
@@ -129,7 +129,7 @@ def _text(name: str, delta: Mapping[str, Any] | None) -> str:
     return f"{name}: {delta['delta']:+.2f} ± {delta['se']:.2f} points ({delta['outcome']}, {delta['seeds']} seeds)"
 
 
-def _flip(delta: Mapping[str, Any] | None) -> Dict[str, Any] | None:
+def _flip(delta: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """The same comparison read the other way round (``b − a``)."""
     if not delta or delta.get("delta") is None:
         return delta
@@ -137,7 +137,7 @@ def _flip(delta: Mapping[str, Any] | None) -> Dict[str, Any] | None:
     return {**delta, "delta": 0.0 - delta["delta"], "outcome": outcome}
 
 
-def _claim_schedule(tables) -> Dict[str, Any]:
+def _claim_schedule(tables) -> dict[str, Any]:
     evidence, outcomes = [], []
     for t in (t for t in tables if t["vary"] == "schedule"):
         row = _find(t["rows"], level="pure_mamba")
@@ -148,7 +148,7 @@ def _claim_schedule(tables) -> Dict[str, Any]:
     return {"verdict": _vote(outcomes) if outcomes else "not run", "evidence": evidence}
 
 
-def _claim_objective(tables) -> Dict[str, Any]:
+def _claim_objective(tables) -> dict[str, Any]:
     evidence, outcomes = [], []
     for t in (t for t in tables if t["vary"] in ("objective", "masking")):
         for row in t["rows"]:
@@ -162,7 +162,7 @@ def _claim_objective(tables) -> Dict[str, Any]:
                     "mar_same and whole-frame masking are reported as variants of the objective"}
 
 
-def _claim_labels(tables) -> Dict[str, Any]:
+def _claim_labels(tables) -> dict[str, Any]:
     t = next((t for t in tables if t["vary"] == "label_fraction"), None)
     if t is None:
         return {"verdict": "not run", "evidence": []}
@@ -185,7 +185,7 @@ def _claim_labels(tables) -> Dict[str, Any]:
                     "at the most labels"}
 
 
-def _claim_encoder(timing: Mapping[str, Any] | None) -> Dict[str, Any]:
+def _claim_encoder(timing: Mapping[str, Any] | None) -> dict[str, Any]:
     rows = (timing or {}).get("rows") or []
     schedules = list(dict.fromkeys(r["schedule"] for r in rows))
     if len(schedules) < 2:
@@ -204,7 +204,7 @@ def _claim_encoder(timing: Mapping[str, Any] | None) -> Dict[str, Any]:
             "rule": f"forward time of the matched {hybrid} encoder over the {other} one falls below 1 as frames grow"}
 
 
-def claim_verdicts(tables, timing) -> Dict[int, Dict[str, Any]]:
+def claim_verdicts(tables, timing) -> dict[int, dict[str, Any]]:
     """A verdict per claim with the comparisons it rests on (rules in each entry's ``rule``)."""
     verdicts = {1: _claim_schedule(tables), 2: _claim_objective(tables), 3: _claim_labels(tables),
                 4: _claim_encoder(timing)}
@@ -228,7 +228,7 @@ def _fmt_delta(delta: Mapping[str, Any] | None) -> str:
     return f"{delta['delta']:+.2f} ± {delta['se']:.2f} ({delta['outcome']})"
 
 
-def _table_md(t: Mapping[str, Any]) -> List[str]:
+def _table_md(t: Mapping[str, Any]) -> list[str]:
     label_sweep = t["vary"] == "label_fraction"
     head = ["level", "objective", "labelled clips", "seeds", "test top-1 (%)", "Δ vs reference"] if label_sweep else \
         ["level", "layers", "width", "params", "seeds", "test top-1 (%)", f"Δ vs {t['reference']}", "s / cell"]
@@ -248,7 +248,7 @@ def _table_md(t: Mapping[str, Any]) -> List[str]:
     return lines + [""]
 
 
-def _timing_md(timing: Mapping[str, Any] | None) -> List[str]:
+def _timing_md(timing: Mapping[str, Any] | None) -> list[str]:
     rows = (timing or {}).get("rows") or []
     if not rows:
         return []
@@ -347,7 +347,7 @@ def plot_timing(timing: Mapping[str, Any] | None, path: Path) -> Path | None:
     return path
 
 
-def write_plots(out: Path, tables, timing) -> Dict[str, str]:
+def write_plots(out: Path, tables, timing) -> dict[str, str]:
     """The PNGs of the report; none (with a hint) when matplotlib is missing."""
     try:
         import matplotlib  # noqa: F401

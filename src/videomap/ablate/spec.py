@@ -16,7 +16,7 @@ import itertools
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping
+from typing import Any, Mapping
 
 import yaml
 
@@ -57,7 +57,7 @@ class Cell:
         """Everything but the seed: the cells averaged over seeds."""
         return (self.task, self.schedule, self.objective, self.masking, self.width, self.label_fraction)
 
-    def as_dict(self) -> Dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return {"task": self.task, "schedule": self.schedule, "objective": self.objective, "masking": self.masking,
                 "width": self.width, "label_fraction": self.label_fraction, "seed": self.seed}
 
@@ -67,7 +67,7 @@ class Cell:
 _LEVEL_MAPS = ("schedules", "widths")
 
 
-def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> Dict[str, Any]:
+def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     """``base`` with ``top`` on top, mapping by mapping; anything else (lists, level maps) is replaced."""
     out = copy.deepcopy(dict(base))
     for key, value in top.items():
@@ -78,7 +78,7 @@ def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> Dict[str, Any
     return out
 
 
-def load_spec(path: str | Path) -> Dict[str, Any]:
+def load_spec(path: str | Path) -> dict[str, Any]:
     """The YAML file as a mapping (its ``quick`` and ``scale`` sections still inside)."""
     path = Path(path)
     if not path.is_file():
@@ -89,7 +89,7 @@ def load_spec(path: str | Path) -> Dict[str, Any]:
     return dict(data)
 
 
-def resolve_spec(raw: Mapping[str, Any], scale: str | None = None, quick: bool = False) -> Dict[str, Any]:
+def resolve_spec(raw: Mapping[str, Any], scale: str | None = None, quick: bool = False) -> dict[str, Any]:
     """The spec to run: the file's top level, then ``scale: {NAME: ...}`` for ``scale``, then ``quick``.
 
     ``quick`` comes last, so ``--quick --scale gpu`` is a toy run of the GPU grid's code path on any machine.
@@ -130,12 +130,12 @@ def _check_spec(spec: Mapping[str, Any]) -> None:
             raise StudyError(f"a sweep must vary one of {sorted(FACTORS)}, got {sweep.get('vary')!r}")
 
 
-def _levels(spec: Mapping[str, Any], factor: str) -> List[Any]:
+def _levels(spec: Mapping[str, Any], factor: str) -> list[Any]:
     levels = spec[FACTORS[factor]]
     return list(levels) if not isinstance(levels, Mapping) else list(levels)
 
 
-def _normalise(cell: Dict[str, Any]) -> Dict[str, Any]:
+def _normalise(cell: dict[str, Any]) -> dict[str, Any]:
     # Without pretraining there is no masking: one scratch cell, whatever the sweep asked for.
     if cell["objective"] == "none":
         cell["masking"] = "-"
@@ -143,10 +143,10 @@ def _normalise(cell: Dict[str, Any]) -> Dict[str, Any]:
     return cell
 
 
-def sweep_settings(spec: Mapping[str, Any], sweep: Mapping[str, Any]) -> List[Dict[str, Any]]:
+def sweep_settings(spec: Mapping[str, Any], sweep: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The seedless settings of one sweep: the base cell, the sweep's fixed keys, every level of its factor."""
     fixed = {k: v for k, v in sweep.items() if k in FACTORS}
-    choices: Dict[str, List[Any]] = {}
+    choices: dict[str, list[Any]] = {}
     for key in FACTORS:
         if key == sweep["vary"]:
             choices[key] = _levels(spec, key)
@@ -162,10 +162,10 @@ def sweep_settings(spec: Mapping[str, Any], sweep: Mapping[str, Any]) -> List[Di
     return settings
 
 
-def build_cells(spec: Mapping[str, Any]) -> List[Cell]:
+def build_cells(spec: Mapping[str, Any]) -> list[Cell]:
     """Every cell of every sweep, seed by seed (all of seed 0 first, so a stopped study has whole seeds),
     duplicates removed."""
-    settings: List[Dict[str, Any]] = []
+    settings: list[dict[str, Any]] = []
     for sweep in spec["sweeps"]:
         for setting in sweep_settings(spec, sweep):
             if setting not in settings:
@@ -193,7 +193,7 @@ def cell_id(cell: Cell) -> str:
             f"-f{cell.label_fraction:g}-s{cell.seed}")
 
 
-def sweeps_of(spec: Mapping[str, Any]) -> List[Dict[str, Any]]:
+def sweeps_of(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The sweeps with their settings, for the report."""
     return [{**sweep, "settings": sweep_settings(spec, sweep)} for sweep in spec["sweeps"]]
 

@@ -23,7 +23,7 @@ import statistics
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
@@ -72,7 +72,7 @@ def _fresh_dir(path: Path) -> Path:
 # ---------------------------------------------------------------------------------- matched models
 
 
-def _model_kwargs(spec: Mapping[str, Any], layers: str, embed_dim: int) -> Dict[str, Any]:
+def _model_kwargs(spec: Mapping[str, Any], layers: str, embed_dim: int) -> dict[str, Any]:
     m = spec["model"]
     return dict(embed_dim=int(embed_dim), schedule=layers, num_heads=int(m["num_heads"]),
                 patch_size=int(m["patch_size"]), tubelet_size=int(m["tubelet_size"]))
@@ -98,7 +98,7 @@ def _closest_width(spec: Mapping[str, Any], layers: str, target: int, guess: int
     step = int(spec["model"]["width_step"])
     if "A" in layers:
         step = math.lcm(step, int(spec["model"]["num_heads"]))
-    counts: Dict[int, int] = {}
+    counts: dict[int, int] = {}
 
     def params(width: int) -> int:
         if width not in counts:
@@ -112,7 +112,7 @@ def _closest_width(spec: Mapping[str, Any], layers: str, target: int, guess: int
     return min(((w, params(w)) for w in (width, width - direction) if w >= step), key=lambda wp: abs(wp[1] - target))
 
 
-def match_widths(spec: Mapping[str, Any]) -> Dict[str, Dict[str, Dict[str, int]]]:
+def match_widths(spec: Mapping[str, Any]) -> dict[str, dict[str, dict[str, int]]]:
     """``{width name: {schedule name: {"embed_dim", "params", "target"}}}``.
 
     A width name's ``embed_dim`` is that of the reference schedule (``model.reference_schedule``); every other
@@ -121,7 +121,7 @@ def match_widths(spec: Mapping[str, Any]) -> Dict[str, Dict[str, Dict[str, int]]
     """
     reference = spec["model"]["reference_schedule"]
     tolerance = float(spec["model"].get("param_tolerance", 0.1))
-    table: Dict[str, Dict[str, Dict[str, int]]] = {}
+    table: dict[str, dict[str, dict[str, int]]] = {}
     for name, embed_dim in spec["widths"].items():
         target = count_parameters(spec, expand_schedule(reference, spec), int(embed_dim))
         table[name] = {}
@@ -146,7 +146,7 @@ def match_widths(spec: Mapping[str, Any]) -> Dict[str, Dict[str, Dict[str, int]]
 _OBJECTIVE_PREDICT = {"mar_next": "next", "mar_same": "same", "mae": "same", "none": "next"}
 
 
-def task_budget(spec: Mapping[str, Any], task: str) -> Dict[str, Any]:
+def task_budget(spec: Mapping[str, Any], task: str) -> dict[str, Any]:
     """The study's budget with the task's own ``budget`` entries over it.
 
     A task may need a longer run to be learnt at all (flash order from scratch needs ~400 steps where the
@@ -181,20 +181,20 @@ def cell_plan(spec: Mapping[str, Any], cell: Cell, widths: Mapping[str, Any]) ->
 # -------------------------------------------------------------------------------------------- data
 
 
-def _paths(lists: Mapping[str, Any]) -> Dict[str, Any]:
+def _paths(lists: Mapping[str, Any]) -> dict[str, Any]:
     return {k: ([str(p) for p in v] if isinstance(v, list) else str(v)) for k, v in lists.items()}
 
 
-def _unpaths(saved: Mapping[str, Any]) -> Dict[str, Any]:
+def _unpaths(saved: Mapping[str, Any]) -> dict[str, Any]:
     return {k: ([Path(p) for p in v] if isinstance(v, list) else Path(v)) for k, v in saved.items()}
 
 
 def _write_order_task(root: Path, plan: DemoPlan, task: Mapping[str, Any], seed: int,
-                      with_pretrain_list: bool) -> Dict[str, Any]:
+                      with_pretrain_list: bool) -> dict[str, Any]:
     """The flash-order splits (the demo's digit ranges and seeding), and the pretraining list when asked."""
     from ..data.synthetic import make_flash_order
 
-    lists: Dict[str, Any] = {"classes": root / "classes.txt", "real_clips": []}
+    lists: dict[str, Any] = {"classes": root / "classes.txt", "real_clips": []}
     counts = {"train": plan.train_videos, "val": plan.val_videos, "test": plan.test_videos}
     for i, (split, digits) in enumerate(DIGIT_RANGES.items()):
         lists[split] = make_flash_order(root, counts[split], plan.num_frames, plan.img_size, seed=seed * 10 + i,
@@ -210,7 +210,7 @@ def _write_order_task(root: Path, plan: DemoPlan, task: Mapping[str, Any], seed:
     return lists
 
 
-def prepare_task(out: Path, spec: Mapping[str, Any], cell: Cell, plan: DemoPlan, with_pretrain: bool) -> Dict[str, Any]:
+def prepare_task(out: Path, spec: Mapping[str, Any], cell: Cell, plan: DemoPlan, with_pretrain: bool) -> dict[str, Any]:
     """The clips and lists of ``cell.task`` for ``cell.seed``, written once (``ready.json`` marks them done).
 
     Each seed has its own clips: the spread over seeds then covers the data as well as the initial weights.
@@ -255,7 +255,7 @@ def _objective_config(cfg, cell: Cell):
     return cfg
 
 
-def run_pretraining(out: Path, cell: Cell, plan: DemoPlan, lists: Mapping[str, Any], device: str) -> Dict[str, Any]:
+def run_pretraining(out: Path, cell: Cell, plan: DemoPlan, lists: Mapping[str, Any], device: str) -> dict[str, Any]:
     """The cell's pretraining run, done once and shared by every cell that fine-tunes from it."""
     from ..train.pretraining import run_pretrain
 
@@ -283,7 +283,7 @@ def _check_fraction(plan: DemoPlan, lists: Mapping[str, Any], fraction: float) -
         raise StudyError(f"label fraction {fraction:g} leaves fewer labelled clips than one batch ({plan.batch_size})")
 
 
-def run_cell(out: Path, spec: Mapping[str, Any], cell: Cell, widths: Mapping[str, Any], device: str) -> Dict[str, Any]:
+def run_cell(out: Path, spec: Mapping[str, Any], cell: Cell, widths: Mapping[str, Any], device: str) -> dict[str, Any]:
     """Pretrain (when the cell needs it and no other cell did it already), fine-tune, test; the result."""
     started = time.perf_counter()
     plan = cell_plan(spec, cell, widths)
@@ -308,7 +308,7 @@ def run_cell(out: Path, spec: Mapping[str, Any], cell: Cell, widths: Mapping[str
 
 
 @torch.no_grad()
-def time_encoders(spec: Mapping[str, Any], widths: Mapping[str, Any]) -> Dict[str, Any]:
+def time_encoders(spec: Mapping[str, Any], widths: Mapping[str, Any]) -> dict[str, Any]:
     """Forward time of the matched encoders against the number of frames (batch 1, no gradient).
 
     A small measurement beside the encoder benchmark: the same models as the grid's cells, so the ratio says
@@ -356,7 +356,7 @@ def stop_on_sigterm() -> Iterator[threading.Event]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def finished_cells(out: Path, spec: Mapping[str, Any]) -> Dict[str, Any]:
+def finished_cells(out: Path, spec: Mapping[str, Any]) -> dict[str, Any]:
     """What ``out`` holds of the study, without running anything: the finished cells (in grid order), the
     matched widths and the encoder timing if it was taken (else ``None``); the same shape as
     :func:`run_cells`' result, so a stopped study can be reported."""
@@ -366,7 +366,7 @@ def finished_cells(out: Path, spec: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def run_cells(out: Path, spec: Mapping[str, Any], device: str = "auto",
-              on_cell_done: Callable[[Cell, Dict[str, Any]], None] | None = None) -> Dict[str, Any]:
+              on_cell_done: Callable[[Cell, dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run every unfinished cell, then the encoder timing; returns what is finished (also on disk).
 
     Raises :class:`StudyInterrupted` after a SIGTERM, once the running cell has stopped; the cells finished
@@ -376,7 +376,7 @@ def run_cells(out: Path, spec: Mapping[str, Any], device: str = "auto",
     cells = build_cells(spec)
     widths = match_widths(spec)
     write_json_atomic(out / "widths.json", widths)
-    results: List[Dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
     started, ran = time.perf_counter(), 0
     with stop_on_sigterm() as stop, torch_threads(spec.get("threads")):
         for i, cell in enumerate(cells):

@@ -1,5 +1,5 @@
-"""videomap.data: annotation readers, PyAV decoding, frame sampling, video transforms, Mixup/CutMix,
-repeated augmentation and the video classification dataset (DESIGN §5).
+"""videomap.data: annotation readers, PyAV decoding, frame sampling, video transforms, Mixup/CutMix
+and the video classification dataset (DESIGN §5).
 
 Layout conventions: decoded clips are ``uint8 (T, H, W, 3)``; transforms work on ``(C, T, H, W)``;
 the pipeline's output is normalised float ``(C, T, H, W)`` per clip, ``(B, C, T, H, W)`` per batch.
@@ -23,12 +23,12 @@ from .annotations import (
     read_list,
     read_ssv2,
 )
-from .dataset import FailedVideo, FailureLog, VideoClassificationDataset, collate_videos, skip_failed
+from .dataset import (FailedVideo, FailureLog, VideoClassificationDataset, collate_videos, failed_video_records,
+                      failure_summary, skip_failed)
 from .decode import VideoDecodeError, VideoInfo, count_frames, decode_frames, decode_video, probe_video
 from .mixup import Mixup, smooth_one_hot, soft_target_cross_entropy
 from .presets import DATASET_PRESETS, DatasetPreset, get_preset
 from .randaugment import RAND_AUGMENT_OPS, RandAugment
-from .samplers import RepeatedAugSampler
 from .sampling import (
     clamp_indices,
     dense_test_indices,
@@ -71,9 +71,10 @@ __all__ = [
     "random_resized_crop", "multi_scale_crop", "hflip", "random_hflip", "normalize", "random_erasing",
     "RandAugment", "RAND_AUGMENT_OPS", "VideoTrainTransform", "VideoTestTransform",
     # batches
-    "Mixup", "smooth_one_hot", "soft_target_cross_entropy", "RepeatedAugSampler",
+    "Mixup", "smooth_one_hot", "soft_target_cross_entropy",
     "make_generator", "mix_seed", "seed_worker",
     # dataset
-    "VideoClassificationDataset", "FailedVideo", "FailureLog", "collate_videos", "skip_failed",
+    "VideoClassificationDataset", "FailedVideo", "FailureLog", "collate_videos", "skip_failed", "failed_video_records",
+    "failure_summary",
     "DatasetPreset", "DATASET_PRESETS", "get_preset",
 ]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Iterable, Iterator, NamedTuple, Sequence
+from typing import Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 import torch
 from torch.utils.data import Dataset, get_worker_info
@@ -70,9 +70,9 @@ class VideoClassificationDataset(Dataset):
         seed: base seed of every random draw.
 
     Keys: an ``int`` index, or ``(index, seed)`` (as yielded by
-    ``RepeatedAugSampler(with_seeds=True)``) to fix that item's augmentation. With plain ``int`` keys,
-    each process (main or DataLoader worker) draws from its own stream, seeded from ``seed``, the
-    epoch (:meth:`set_epoch`) and the seed PyTorch gives the worker.
+    :class:`~videomap.train.batches.ResumableBatches` with ``seed_keys=True``) to fix that item's
+    augmentation. With plain ``int`` keys, each process (main or DataLoader worker) draws from its own
+    stream, seeded from ``seed``, the epoch (:meth:`set_epoch`) and the seed PyTorch gives the worker.
     """
 
     def __init__(self, records: Sequence[VideoRecord] | Annotations, classes: Sequence[str] | None = None, *,
@@ -221,6 +221,16 @@ def collate_videos(batch: Sequence[dict | FailedVideo]) -> dict:
     }
 
 
+def failed_video_records(reasons: Mapping[str, str]) -> list[dict]:
+    """``[{"path", "reason"}, ...]`` sorted by path: how every report lists the videos that did not decode."""
+    return [{"path": p, "reason": r} for p, r in sorted(reasons.items())]
+
+
+def failure_summary(count: int, reasons: Mapping[str, str]) -> dict:
+    """The failure keys of a training summary: loads that failed, distinct files, and each file's reason."""
+    return {"failed_loads": int(count), "num_failed": len(reasons), "failed_videos": failed_video_records(reasons)}
+
+
 class FailureLog:
     """Counts undecodable videos in the main process and logs each file the first time it fails.
 
@@ -265,10 +275,9 @@ class FailureLog:
         return len(self.reasons)
 
     def summary(self) -> dict:
-        """``{"num_failed": distinct files, "failed_loads": count, "failed_videos": [paths],
-        "failure_reasons": {path: reason}}`` — JSON-ready."""
-        return {"num_failed": self.num_videos, "failed_loads": self.count, "failed_videos": self.paths,
-                "failure_reasons": dict(sorted(self.reasons.items()))}
+        """``{"failed_loads": count, "num_failed": distinct files, "failed_videos": [{"path", "reason"}]}``,
+        JSON-ready; the same keys as every report that lists failed videos."""
+        return failure_summary(self.count, self.reasons)
 
     def __len__(self) -> int:
         return self.count

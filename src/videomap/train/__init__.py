@@ -10,6 +10,7 @@ One module per job:
 * :mod:`~videomap.train.checkpoint`: atomic ``weights_only`` checkpoints and model folders;
 * :mod:`~videomap.train.loop`: the :class:`Trainer`;
 * :mod:`~videomap.train.callbacks`: hooks for periodic extras, evaluation, exports;
+* :mod:`~videomap.train.failures`: the synced, checkpointed count of undecodable training videos;
 * :mod:`~videomap.train.metrics`: accuracy metrics, ``metrics.jsonl``, TensorBoard.
 """
 
@@ -37,18 +38,20 @@ from .config import (
     load_config,
     save_config,
 )
+from .failures import FailureCounter, stand_in_clip
 from .loop import NonFiniteLossError, Trainer, TrainResult
 from .metrics import JsonlLogger, confusion_matrix, mean_class_accuracy, per_class_accuracy, topk_accuracy
 from .optim import build_optimizer, param_groups, set_lr
-from .runtime import Runtime, autocast, seed_everything, select_device
+from .runtime import Runtime, autocast, runtime_scope, seed_everything, select_device
 from .schedule import build_lr_fn, cosine, warmup_cosine
 
 __all__ = [
     "Callback", "CheckpointError", "Config", "ConfigError", "DataConfig", "EvalConfig", "Every", "ExportModel",
-    "FinetuneConfig", "JsonlLogger", "ModelConfig", "NonFiniteLossError", "OptimConfig", "PretrainConfig",
-    "ResumableBatches", "Runtime", "TrainConfig", "TrainResult", "Trainer", "apply_overrides", "autocast",
-    "build_lr_fn", "build_optimizer", "checkpoint_path", "confusion_matrix", "cosine", "epoch_permutation",
-    "load_checkpoint", "load_config", "mean_class_accuracy", "param_groups", "per_class_accuracy",
-    "resolve_resume", "sample_seed", "save_checkpoint", "save_config", "save_model_dir", "seed_everything",
-    "select_device", "set_lr", "topk_accuracy", "warmup_cosine",
+    "FailureCounter", "FinetuneConfig", "JsonlLogger", "ModelConfig", "NonFiniteLossError", "OptimConfig",
+    "PretrainConfig", "ResumableBatches", "Runtime", "TrainConfig", "Trainer", "TrainResult", "apply_overrides",
+    "autocast", "build_lr_fn", "build_optimizer", "checkpoint_path", "confusion_matrix", "cosine",
+    "epoch_permutation", "load_checkpoint", "load_config", "mean_class_accuracy", "param_groups",
+    "per_class_accuracy", "resolve_resume", "runtime_scope", "sample_seed", "save_checkpoint", "save_config",
+    "save_model_dir", "seed_everything", "select_device", "set_lr", "stand_in_clip", "topk_accuracy",
+    "warmup_cosine",
 ]

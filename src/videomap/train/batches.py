@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from .workers import WorkerLoader
 __all__ = ["epoch_permutation", "sample_seed", "isolated_rng", "collate_skip_none", "ResumableBatches"]
 
 
-def epoch_permutation(num_samples: int, seed: int, epoch: int, shuffle: bool = True) -> List[int]:
+def epoch_permutation(num_samples: int, seed: int, epoch: int, shuffle: bool = True) -> list[int]:
     """The sample order of ``epoch``: a permutation drawn from ``(seed, epoch)`` only."""
     if not shuffle:
         return list(range(num_samples))
@@ -88,7 +88,7 @@ class _SeededItems(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, key: Tuple[int, Optional[int]]) -> Any:
+    def __getitem__(self, key: tuple[int, int | None]) -> Any:
         index, seed = key
         if seed is None:
             return self.dataset[index]
@@ -129,10 +129,10 @@ class ResumableBatches:
         shuffle: bool = True,
         seed_samples: bool = True,
         seed_keys: bool = False,
-        collate_fn: Optional[Callable[[List[Any]], Any]] = None,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
         num_workers: int = 0,
         pin_memory: bool = False,
-        prefetch_factor: Optional[int] = None,
+        prefetch_factor: int | None = None,
     ):
         if batch_size % world_size:
             raise ValueError(
@@ -155,7 +155,7 @@ class ResumableBatches:
     def __len__(self) -> int:
         return len(self.dataset) // self.batch_size  # type: ignore[arg-type]
 
-    def batch_indices(self, epoch: int) -> List[List[int]]:
+    def batch_indices(self, epoch: int) -> list[list[int]]:
         """This rank's sample indices for every micro-batch of ``epoch``."""
         order = epoch_permutation(len(self.dataset), self.seed, epoch, self.shuffle)  # type: ignore[arg-type]
         per_rank = self.batch_size // self.world_size

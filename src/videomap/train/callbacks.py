@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from torch import nn
 
@@ -24,7 +24,7 @@ class Callback:
     """Base class: override any subset of the hooks."""
 
     #: Key of this callback's state in the checkpoint; defaults to the class name.
-    name: Optional[str] = None
+    name: str | None = None
 
     def on_train_start(self, trainer: "Trainer") -> None:
         """After setup and resume, before the first step of this invocation."""
@@ -41,7 +41,7 @@ class Callback:
     def on_train_end(self, trainer: "Trainer") -> None:
         """After the last step (not called when training stops on SIGTERM or an error)."""
 
-    def state_dict(self) -> Optional[Dict[str, Any]]:
+    def state_dict(self) -> dict[str, Any] | None:
         """State to checkpoint (tensors and plain values), or ``None`` for a stateless callback."""
         return None
 
@@ -59,7 +59,7 @@ class Every(Callback):
     E.g. ``Every(200, save_reconstruction_picture)``; ``every=0`` means only at the end.
     """
 
-    def __init__(self, every: int, fn: Callable[["Trainer"], Any], at_end: bool = True, name: Optional[str] = None):
+    def __init__(self, every: int, fn: Callable[["Trainer"], Any], at_end: bool = True, name: str | None = None):
         self.every = int(every)
         self.fn = fn
         self.at_end = at_end
@@ -84,7 +84,7 @@ class ExportModel(Callback):
     ``OUTPUT/encoder/`` loads as a backbone. ``every > 0`` also exports every that many steps.
     """
 
-    def __init__(self, directory: Union[str, os.PathLike], select: Callable[[nn.Module], nn.Module] = lambda m: m,
+    def __init__(self, directory: str | os.PathLike, select: Callable[[nn.Module], nn.Module] = lambda m: m,
                  every: int = 0, config: Any = None):
         self.directory = Path(directory)
         self.select = select

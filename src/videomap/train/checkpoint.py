@@ -21,7 +21,7 @@ import random
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Union
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -46,7 +46,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 #: Written into every training checkpoint so later versions can recognise (and migrate) old files.
 CHECKPOINT_FORMAT = "videomap.train.checkpoint/1"
@@ -140,7 +140,7 @@ def save_checkpoint(state: Mapping[str, Any], path: PathLike) -> Path:
     return atomic_write(path, lambda f: torch.save(state, f))
 
 
-def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> Dict[str, Any]:
+def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``; unreadable files raise :class:`CheckpointError`.
 
     The error names the file and what to do, because the usual cause (a file damaged by a full disk or an
@@ -185,7 +185,7 @@ def _short_reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0] if lines else 'no details'}"
 
 
-def resolve_resume(output_dir: PathLike, resume: str) -> Optional[Path]:
+def resolve_resume(output_dir: PathLike, resume: str) -> Path | None:
     """The checkpoint to resume from for ``train.resume``: ``auto``, ``none`` or a path.
 
     ``auto`` means ``OUTPUT/checkpoints/last.pt`` when it exists (a fresh run otherwise); an explicit path
@@ -207,13 +207,13 @@ def resolve_resume(output_dir: PathLike, resume: str) -> Optional[Path]:
 # ------------------------------------------------------------------------------------------- RNG states
 
 
-def find_generators(module: nn.Module) -> Dict[str, torch.Generator]:
+def find_generators(module: nn.Module) -> dict[str, torch.Generator]:
     """Every ``torch.Generator`` stored as an attribute of ``module`` or a submodule, by dotted name.
 
     Objectives keep their own generators (e.g. for masks); finding them here means their state is
     checkpointed without the loop knowing the objective.
     """
-    found: Dict[str, torch.Generator] = {}
+    found: dict[str, torch.Generator] = {}
     for prefix, m in unwrap_model(module).named_modules():
         for attr, value in vars(m).items():
             if isinstance(value, torch.Generator):
@@ -221,11 +221,11 @@ def find_generators(module: nn.Module) -> Dict[str, torch.Generator]:
     return found
 
 
-def capture_rng_state(generators: Optional[Mapping[str, torch.Generator]] = None) -> Dict[str, Any]:
+def capture_rng_state(generators: Mapping[str, torch.Generator] | None = None) -> dict[str, Any]:
     """Every RNG state of this process as tensors and plain values (``weights_only``-loadable)."""
     kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
     version, py_state, gauss_next = random.getstate()
-    state: Dict[str, Any] = {
+    state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": {
             "kind": str(kind),
@@ -243,7 +243,7 @@ def capture_rng_state(generators: Optional[Mapping[str, torch.Generator]] = None
     return state
 
 
-def restore_rng_state(state: Mapping[str, Any], generators: Optional[Mapping[str, torch.Generator]] = None) -> None:
+def restore_rng_state(state: Mapping[str, Any], generators: Mapping[str, torch.Generator] | None = None) -> None:
     """Inverse of :func:`capture_rng_state`."""
     torch.set_rng_state(state["torch"].cpu())
     n = state["numpy"]
@@ -269,7 +269,7 @@ def restore_rng_state(state: Mapping[str, Any], generators: Optional[Mapping[str
 # ------------------------------------------------------------------------------------------ model folders
 
 
-def _config_dict(model: nn.Module, config: Any) -> Dict[str, Any]:
+def _config_dict(model: nn.Module, config: Any) -> dict[str, Any]:
     cfg = config if config is not None else getattr(model, "config", None)
     if cfg is None:
         return {"class": f"{type(model).__module__}.{type(model).__qualname__}"}

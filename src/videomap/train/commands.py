@@ -21,7 +21,7 @@ import re
 import sys
 import typing
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Sequence
 
 from .config import Config, ConfigError, apply_overrides, config_from_dict, load_yaml_recipe, parse_overrides
 
@@ -82,14 +82,14 @@ SECTIONS = {
 # ------------------------------------------------------------------------------------------------ help
 
 
-def _field_comments(section_cls: type) -> Dict[str, str]:
+def _field_comments(section_cls: type) -> dict[str, str]:
     """The ``#:`` comment above each field in the dataclass source (the config's own documentation)."""
     try:
         lines = inspect.getsource(section_cls).splitlines()
     except (OSError, TypeError):
         return {}
-    docs: Dict[str, str] = {}
-    pending: List[str] = []
+    docs: dict[str, str] = {}
+    pending: list[str] = []
     for line in lines:
         text = line.strip()
         if text.startswith("#:"):
@@ -103,7 +103,7 @@ def _field_comments(section_cls: type) -> Dict[str, str]:
 
 
 def _type_text(tp) -> str:
-    # Generic aliases (Optional[int], Dict[str, Any]) print their arguments; plain classes their name.
+    # Generic aliases (int | None, dict[str, Any]) print their arguments; plain classes their name.
     if typing.get_origin(tp) is not None:
         return str(tp).replace("typing.", "").replace("NoneType", "None")
     return getattr(tp, "__name__", str(tp))
@@ -137,7 +137,7 @@ def _help(command: str) -> str:
 # ------------------------------------------------------------------------------------------- parsing
 
 
-def _parse(command: str, argv: Sequence[str]) -> Tuple[Optional[Config], Set[str], int]:
+def _parse(command: str, argv: Sequence[str]) -> tuple[Config | None, set[str], int]:
     """``(config, keys set by the recipe or overrides, exit code)``; the config is ``None`` when the command
     line was only ``--help`` or was wrong."""
     parser = argparse.ArgumentParser(prog=f"videomap {command}", add_help=False)
@@ -163,7 +163,7 @@ def _parse(command: str, argv: Sequence[str]) -> Tuple[Optional[Config], Set[str
     return cfg, explicit, 0
 
 
-def _with_checkpoint_sizes(cfg: Config, explicit: Set[str]) -> Config:
+def _with_checkpoint_sizes(cfg: Config, explicit: set[str]) -> Config:
     """Frames and image size from the model folder's ``config.json`` unless the user set them."""
     ckpt = cfg.model.checkpoint
     path = Path(ckpt) / "config.json" if ckpt else None
@@ -178,7 +178,7 @@ def _with_checkpoint_sizes(cfg: Config, explicit: Set[str]) -> Config:
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **changes)) if changes else cfg
 
 
-def _run(command: str, argv: Sequence[str], job: Callable[[Config, Set[str]], object]) -> int:
+def _run(command: str, argv: Sequence[str], job: Callable[[Config, set[str]], object]) -> int:
     from ..data import AnnotationError
     from .checkpoint import CheckpointError
     from .loop import NonFiniteLossError
@@ -202,7 +202,7 @@ def _run(command: str, argv: Sequence[str], job: Callable[[Config, Set[str]], ob
 
 def pretrain_main(argv: Sequence[str]) -> int:
     """``videomap pretrain [--config RECIPE] [overrides]``."""
-    def job(cfg: Config, explicit: Set[str]):
+    def job(cfg: Config, explicit: set[str]):
         from .pretraining import run_pretrain
 
         result = run_pretrain(cfg)
@@ -215,7 +215,7 @@ def pretrain_main(argv: Sequence[str]) -> int:
 
 def finetune_main(argv: Sequence[str]) -> int:
     """``videomap finetune [--config RECIPE] [overrides]``."""
-    def job(cfg: Config, explicit: Set[str]):
+    def job(cfg: Config, explicit: set[str]):
         from .finetune import run_finetune
 
         return run_finetune(cfg)
@@ -225,7 +225,7 @@ def finetune_main(argv: Sequence[str]) -> int:
 
 def eval_main(argv: Sequence[str]) -> int:
     """``videomap eval [--config RECIPE] model.checkpoint=DIR data.test=LIST [overrides]``."""
-    def job(cfg: Config, explicit: Set[str]):
+    def job(cfg: Config, explicit: set[str]):
         from .evaluate import run_eval
 
         return run_eval(_with_checkpoint_sizes(cfg, explicit))
@@ -235,7 +235,7 @@ def eval_main(argv: Sequence[str]) -> int:
 
 def extract_main(argv: Sequence[str]) -> int:
     """``videomap extract [--config RECIPE] model.checkpoint=DIR data.test=LIST [eval.pool=...] [eval.layer=...]``."""
-    def job(cfg: Config, explicit: Set[str]):
+    def job(cfg: Config, explicit: set[str]):
         from .extract import run_extract
 
         return run_extract(_with_checkpoint_sizes(cfg, explicit))
@@ -243,13 +243,13 @@ def extract_main(argv: Sequence[str]) -> int:
     return _run("extract", argv, job)
 
 
-def _split_predict_args(argv: Sequence[str]) -> Tuple[List[str], List[str], Optional[int]]:
+def _split_predict_args(argv: Sequence[str]) -> tuple[list[str], list[str], int | None]:
     """``(videos, recipe/override arguments, k)``: an argument with ``=`` that is not an existing file is
     an override, anything else not an option is a video or a folder. ``k`` is ``None`` when ``--topk``
     was not a positive whole number."""
-    videos: List[str] = []
-    rest: List[str] = []
-    k: Optional[int] = 5
+    videos: list[str] = []
+    rest: list[str] = []
+    k: int | None = 5
     args = list(argv)
     while args:
         arg = args.pop(0)
@@ -278,9 +278,9 @@ def predict_main(argv: Sequence[str]) -> int:
         print(f"videomap predict: error: name at least one video or folder\nusage: {USAGE['predict']}",
               file=sys.stderr)
         return 2
-    outcome: Dict[str, object] = {}
+    outcome: dict[str, object] = {}
 
-    def job(cfg: Config, explicit: Set[str]):
+    def job(cfg: Config, explicit: set[str]):
         from .prediction import format_table, run_predict
 
         result = run_predict(_with_checkpoint_sizes(cfg, explicit), videos, k=k)

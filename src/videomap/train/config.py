@@ -24,7 +24,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Literal, Mapping, Sequence, Tuple, Union
 
 import yaml
 
@@ -61,29 +61,29 @@ class ModelConfig:
 
     name: str = "videomap_tiny"
     #: Classifier outputs; ``None`` = inferred from the training data (fine-tuning) or no head (pretraining).
-    num_classes: Optional[int] = None
+    num_classes: int | None = None
     #: Directory written by ``save_pretrained`` (or a pretraining run's ``encoder/``) to initialise from.
-    checkpoint: Optional[str] = None
+    checkpoint: str | None = None
     pretrained: bool = False
     drop_path_rate: float = 0.0
     #: Extra keyword arguments passed to ``videomap.create_model`` (e.g. ``{merge: sum}``).
-    kwargs: Dict[str, Any] = field(default_factory=dict)
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class DataConfig:
     """Where the videos are and how clips are sampled from them (DESIGN §5)."""
 
-    train: Optional[str] = None
-    val: Optional[str] = None
-    test: Optional[str] = None
+    train: str | None = None
+    val: str | None = None
+    test: str | None = None
     #: Folder the paths in the annotation lists are relative to.
     root: str = ""
     #: Annotation format: ``auto`` or a reader name (``list``, ``kinetics_csv``, ``ssv2``, ``folder``, ...).
     format: str = "auto"
     #: Class names for formats whose files carry none (``list``): a text file with one name per line, or a
     #: JSON list / ``{name: index}`` mapping; ``None`` = the names the annotations give (``"0"``, ``"1"``, ...).
-    classes: Optional[str] = None
+    classes: str | None = None
     num_frames: int = 8
     img_size: int = 224
     num_workers: int = 2
@@ -91,8 +91,8 @@ class DataConfig:
     sampling: str = "segment"
     frame_stride: int = 4
     #: Multi-view testing; ``None`` = the dataset's default (K400 4x3, SSv2 2x3, ...).
-    test_clips: Optional[int] = None
-    test_crops: Optional[int] = None
+    test_clips: int | None = None
+    test_crops: int | None = None
 
 
 @dataclass
@@ -115,7 +115,7 @@ class TrainConfig:
     #: Micro-batches per optimizer step.
     grad_accum: int = 1
     #: Gradient-norm clip; ``None`` or 0 = no clipping (the norm is still computed and logged).
-    clip_grad: Optional[float] = None
+    clip_grad: float | None = None
     log_every: int = 10
     #: Write ``checkpoints/last.pt`` every this many steps (0 = only at the end and on SIGTERM).
     save_every: int = 500
@@ -139,7 +139,7 @@ class OptimConfig:
     warmup_epochs: float = 0.0
     #: Layer-wise lr decay (1.0 = off); see :func:`videomap.train.optim.param_groups`.
     layer_decay: float = 1.0
-    betas: Tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     schedule: Literal["cosine", "constant"] = "cosine"
 
@@ -156,7 +156,7 @@ class PretrainConfig:
     #: Hide whole frames instead of tokens inside every frame.
     mask_whole_frames: bool = False
     #: Directory of a Hugging Face ``CLIPVisionModel`` (``target=clip``).
-    clip_teacher: Optional[str] = None
+    clip_teacher: str | None = None
     norm_pix_loss: bool = True
     decoder_depth: int = 4
     decoder_dim: int = 384
@@ -175,12 +175,12 @@ class FinetuneConfig:
     mixup: float = 0.0
     cutmix: float = 0.0
     #: RandAugment spec (timm-style string), ``None`` = off.
-    rand_aug: Optional[str] = None
+    rand_aug: str | None = None
     #: Random-erasing probability.
     reprob: float = 0.0
     repeated_aug: int = 1
     #: ``None`` = the dataset's default (off for SSv2, whose labels depend on left/right).
-    flip: Optional[bool] = None
+    flip: bool | None = None
     ema: bool = False
     ema_decay: float = 0.9999
     #: Fraction of the labelled training set used (the label-efficiency experiments).
@@ -196,7 +196,7 @@ class EvalConfig:
     batch_size: int = 8
     #: Folder for ``results.json`` and plots (``eval``) or feature shards (``extract``); ``None`` =
     #: ``train.output_dir/eval`` or ``train.output_dir/features``.
-    output_dir: Optional[str] = None
+    output_dir: str | None = None
     #: Feature pooling for ``videomap extract``: ``cls``, ``avg`` or ``frame``.
     pool: str = "cls"
     #: Layer index for ``extract`` (negative counts from the end).
@@ -215,7 +215,7 @@ class Config:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (tuples as lists), ready for YAML/JSON."""
         return config_to_dict(self)
 
@@ -326,7 +326,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 # ---------------------------------------------------------------------------------------- dict <-> config
 
 
-def _section_types() -> Dict[str, type]:
+def _section_types() -> dict[str, type]:
     hints = typing.get_type_hints(Config)
     return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
 
@@ -347,7 +347,7 @@ def _fill_section(section: Any, values: Mapping[str, Any], name: str) -> None:
         setattr(section, k, _coerce(v, hints[k], f"{name}.{k}"))
 
 
-def config_from_dict(d: Mapping[str, Any], base: Optional[Config] = None) -> Config:
+def config_from_dict(d: Mapping[str, Any], base: Config | None = None) -> Config:
     """Build a :class:`Config` from a nested mapping, starting from ``base`` (or the defaults)."""
     cfg = dataclasses.replace(base) if base is not None else Config()
     # dataclasses.replace is shallow: copy every section so ``base`` is left alone.
@@ -375,7 +375,7 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def config_to_dict(cfg: Config) -> Dict[str, Any]:
+def config_to_dict(cfg: Config) -> dict[str, Any]:
     """Nested plain dict of ``cfg`` (tuples become lists so YAML/JSON stay portable)."""
     return {f.name: _plain(dataclasses.asdict(getattr(cfg, f.name))) for f in dataclasses.fields(cfg)}
 
@@ -383,7 +383,7 @@ def config_to_dict(cfg: Config) -> Dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ YAML I/O
 
 
-def _deep_merge(base: Dict[str, Any], top: Mapping[str, Any]) -> Dict[str, Any]:
+def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in top.items():
         if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
@@ -393,7 +393,7 @@ def _deep_merge(base: Dict[str, Any], top: Mapping[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def load_yaml_recipe(path: Union[str, os.PathLike], _seen: Tuple[str, ...] = ()) -> Dict[str, Any]:
+def load_yaml_recipe(path: str | os.PathLike, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
     """Read a YAML recipe, resolving ``_base_`` (a path or list of paths relative to the file).
 
     Later bases override earlier ones and the file itself overrides all of its bases; mappings are merged
@@ -418,15 +418,15 @@ def load_yaml_recipe(path: Union[str, os.PathLike], _seen: Tuple[str, ...] = ())
         return data
     if isinstance(bases, str):
         bases = [bases]
-    merged: Dict[str, Any] = {}
+    merged: dict[str, Any] = {}
     for b in bases:
         merged = _deep_merge(merged, load_yaml_recipe(path.parent / b, _seen + (real,)))
     return _deep_merge(merged, data)
 
 
-def parse_overrides(overrides: Sequence[str]) -> Dict[str, Any]:
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     """Turn ``["optim.lr=1e-4", "train.resume=none"]`` into a nested dict of YAML-parsed values."""
-    out: Dict[str, Any] = {}
+    out: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value (e.g. optim.lr=1e-4)")
@@ -449,7 +449,7 @@ def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
     return config_from_dict(parse_overrides(overrides), base=cfg)
 
 
-def load_config(path: Optional[Union[str, os.PathLike]] = None, overrides: Sequence[str] = ()) -> Config:
+def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> Config:
     """Defaults, then the recipe at ``path`` (with its ``_base_`` chain), then dotted ``overrides``."""
     cfg = Config()
     if path is not None:
@@ -457,7 +457,7 @@ def load_config(path: Optional[Union[str, os.PathLike]] = None, overrides: Seque
     return apply_overrides(cfg, overrides) if overrides else cfg
 
 
-def save_config(cfg: Config, path: Union[str, os.PathLike]) -> Path:
+def save_config(cfg: Config, path: str | os.PathLike) -> Path:
     """Write the resolved config as YAML (``load_config(path)`` reads back an equal :class:`Config`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,7 @@ from ..data import (
     VideoTestTransform,
     collate_videos,
     detect_format,
+    failed_video_records,
     get_preset,
     read_annotations,
     read_class_names,
@@ -48,7 +49,7 @@ from ..data.presets import DatasetPreset
 from .checkpoint import atomic_write
 from .config import Config, save_config
 from .metrics import confusion_matrix, mean_class_accuracy, per_class_accuracy, to_float, topk_accuracy
-from .runtime import Runtime, setup_logging
+from .runtime import Runtime, runtime_scope
 from .workers import WorkerLoader
 
 __all__ = [
@@ -89,7 +90,7 @@ def save_class_names(directory: str | os.PathLike, classes: Sequence[str]) -> Pa
     return atomic_write(Path(directory) / CLASSES_FILE, lambda f: f.write(text), mode="w")
 
 
-def load_class_names(directory: str | os.PathLike | None) -> Optional[List[str]]:
+def load_class_names(directory: str | os.PathLike | None) -> list[str] | None:
     """The names saved by :func:`save_class_names`, or ``None`` when the folder has none."""
     if directory is None:
         return None
@@ -100,7 +101,7 @@ def load_class_names(directory: str | os.PathLike | None) -> Optional[List[str]]
 # ---------------------------------------------------------------------------------------------- data
 
 
-def data_format(cfg: Config, path: Optional[str] = None) -> str:
+def data_format(cfg: Config, path: str | None = None) -> str:
     """``data.format``, or the format detected from ``path`` (default: the first list set) when ``auto``."""
     if cfg.data.format != "auto":
         return cfg.data.format
@@ -108,13 +109,13 @@ def data_format(cfg: Config, path: Optional[str] = None) -> str:
     return detect_format(path) if path else "auto"
 
 
-def dataset_preset(cfg: Config) -> Optional[DatasetPreset]:
+def dataset_preset(cfg: Config) -> DatasetPreset | None:
     """The preset of the dataset whose format the annotations are in (``None`` for plain lists/folders)."""
     name = _FORMAT_PRESETS.get(data_format(cfg))
     return get_preset(name) if name else None
 
 
-def test_views(cfg: Config) -> Tuple[int, int]:
+def test_views(cfg: Config) -> tuple[int, int]:
     """``(clips, crops)``: ``data.test_clips``/``test_crops``, else the dataset preset's, else ``(1, 1)``."""
     preset = dataset_preset(cfg)
     clips = cfg.data.test_clips or (preset.test_clips if preset else 1)
@@ -122,7 +123,7 @@ def test_views(cfg: Config) -> Tuple[int, int]:
     return int(clips), int(crops)
 
 
-def read_split(cfg: Config, split: str, classes: Optional[Sequence[str]] = None) -> Annotations:
+def read_split(cfg: Config, split: str, classes: Sequence[str] | None = None) -> Annotations:
     """Read ``data.<split>`` (``train``, ``val`` or ``test``) with the configured format and root.
 
     ``classes`` (default ``data.classes``) fixes the class order, so that string-labelled formats (Kinetics
@@ -137,7 +138,7 @@ def read_split(cfg: Config, split: str, classes: Optional[Sequence[str]] = None)
 
 
 def build_test_dataset(cfg: Config, annotations: Annotations, clips: int = 1, crops: int = 1,
-                       classes: Optional[Sequence[str]] = None) -> VideoClassificationDataset:
+                       classes: Sequence[str] | None = None) -> VideoClassificationDataset:
     """Test-mode dataset: every item holds ``clips × crops`` views ``(V, C, T, S, S)`` of one video.
 
     Short side resized to ``data.img_size``, then ``crops`` crops of that side along the long side.
@@ -193,7 +194,7 @@ class Predictions:
     index: torch.Tensor
     label: torch.Tensor
     probs: torch.Tensor
-    paths: List[str]
+    paths: list[str]
     failures: FailureLog
 
 
@@ -223,7 +224,7 @@ def progress_iter(iterable, total: int, enabled: bool, desc: str):
 
 @torch.no_grad()
 def predict(model: Callable[[torch.Tensor], torch.Tensor], dataset, *, clips_per_forward: int = 8,
-            runtime: Optional[Runtime] = None, num_workers: int = 0, progress: bool = False,
+            runtime: Runtime | None = None, num_workers: int = 0, progress: bool = False,
             desc: str = "eval") -> Predictions:
     """Score every video of ``dataset`` and average its views.
 
@@ -247,7 +248,7 @@ def predict(model: Callable[[torch.Tensor], torch.Tensor], dataset, *, clips_per
     if isinstance(model, nn.Module):
         model.eval()
     failures = FailureLog(log, context="evaluation")
-    out: Dict[str, list] = {"index": [], "label": [], "probs": [], "paths": []}
+    out: dict[str, list] = {"index": [], "label": [], "probs": [], "paths": []}
     try:
         batches = progress_iter(skip_failed(loader, failures), len(loader), progress and runtime.is_main, desc)
         for batch in batches:
@@ -268,7 +269,7 @@ def predict(model: Callable[[torch.Tensor], torch.Tensor], dataset, *, clips_per
     return _gather_predictions(out, failures, runtime)
 
 
-def _gather_predictions(local: Dict[str, list], failures: FailureLog, runtime: Runtime) -> Predictions:
+def _gather_predictions(local: dict[str, list], failures: FailureLog, runtime: Runtime) -> Predictions:
     """Concatenate this rank's batches, gather every rank's, and order them by dataset index."""
     part = {
         "index": torch.cat(local["index"]) if local["index"] else torch.zeros(0, dtype=torch.long),
@@ -299,11 +300,11 @@ def _gather_predictions(local: Dict[str, list], failures: FailureLog, runtime: R
 # ------------------------------------------------------------------------------------------- metrics
 
 
-def _percent(x: float) -> Optional[float]:
+def _percent(x: float) -> float | None:
     return to_float(100.0 * x) if not math.isnan(x) else None
 
 
-def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Dict[str, Any]:
+def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, Any]:
     """Top-1/top-5/mean-class accuracy (percent), mean NLL and the confusion matrix.
 
     probs: ``(N, K)`` video probabilities; labels: ``(N,)``. With ``N = 0`` the accuracies are ``None``.
@@ -318,7 +319,7 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, num_classe
             "loss": to_float(nll), "confusion": conf}
 
 
-def validate(model: nn.Module, dataset, cfg: Config, runtime: Optional[Runtime] = None) -> Dict[str, Any]:
+def validate(model: nn.Module, dataset, cfg: Config, runtime: Runtime | None = None) -> dict[str, Any]:
     """Fine-tuning's validation pass: ``{"top1", "top5", "mean_class_accuracy", "loss", "num_videos",
     "num_failed"}`` over ``dataset`` (single view unless the dataset holds more)."""
     preds = predict(model, dataset, clips_per_forward=cfg.eval.batch_size, runtime=runtime,
@@ -379,7 +380,7 @@ def write_confusion_png(path: Path, confusion: torch.Tensor, classes: Sequence[s
     return True
 
 
-def write_reports(out_dir: Path, results: Dict[str, Any], preds: Predictions, confusion: torch.Tensor,
+def write_reports(out_dir: Path, results: dict[str, Any], preds: Predictions, confusion: torch.Tensor,
                   classes: Sequence[str]) -> None:
     """``results.json``, per-class and confusion CSVs, the confusion PNG and ``predictions.csv``."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -405,7 +406,7 @@ def eval_output_dir(cfg: Config) -> Path:
     return Path(cfg.eval.output_dir) if cfg.eval.output_dir else Path(cfg.train.output_dir) / "eval"
 
 
-def classifier_outputs(model: nn.Module, checkpoint: Optional[str]) -> int:
+def classifier_outputs(model: nn.Module, checkpoint: str | None) -> int:
     """The number of classes ``model`` predicts; raises ``ValueError`` for a model without a head."""
     num_classes = int(getattr(model, "num_classes", 0))
     if num_classes <= 0:
@@ -414,7 +415,7 @@ def classifier_outputs(model: nn.Module, checkpoint: Optional[str]) -> int:
     return num_classes
 
 
-def model_classes(cfg: Config, num_classes: int) -> Optional[List[str]]:
+def model_classes(cfg: Config, num_classes: int) -> list[str] | None:
     """Class names to number the test labels with: the model folder's, else ``data.classes``."""
     names = load_class_names(cfg.model.checkpoint) if cfg.model.checkpoint else None
     if names is None and cfg.data.classes:
@@ -424,20 +425,17 @@ def model_classes(cfg: Config, num_classes: int) -> Optional[List[str]]:
     return names
 
 
-def _fit_classes(names: List[str], num_classes: int) -> List[str]:
+def _fit_classes(names: list[str], num_classes: int) -> list[str]:
     # A test list may not reach the model's last classes; their names are then just their indices.
     if len(names) > num_classes:
         raise ValueError(f"the test annotations have {len(names)} classes but the model predicts {num_classes}")
     return list(names) + [str(i) for i in range(len(names), num_classes)]
 
 
-def run_eval(cfg: Config, *, model: Optional[nn.Module] = None, runtime: Optional[Runtime] = None) -> Dict[str, Any]:
+def run_eval(cfg: Config, *, model: nn.Module | None = None, runtime: Runtime | None = None) -> dict[str, Any]:
     """Evaluate ``model.checkpoint`` (or ``model``) on ``data.test`` with multi-view testing; see the module
     docstring. Writes the reports and the resolved config to :func:`eval_output_dir`; returns the results."""
-    own_runtime = runtime is None
-    runtime = runtime or Runtime.from_env(cfg.train.device, cfg.train.precision)
-    setup_logging(runtime.rank)
-    try:
+    with runtime_scope(cfg, runtime) as runtime:
         model = (model if model is not None else load_model(cfg)).to(runtime.device)
         num_classes = classifier_outputs(model, cfg.model.checkpoint)
         names = model_classes(cfg, num_classes)
@@ -457,7 +455,7 @@ def run_eval(cfg: Config, *, model: Optional[nn.Module] = None, runtime: Optiona
             "top1": metrics["top1"], "top5": metrics["top5"], "mean_class_accuracy": metrics["mean_class_accuracy"],
             "loss": metrics["loss"], "num_videos": int(preds.label.numel()), "num_listed": len(dataset),
             "num_failed": failed.num_videos,
-            "failed_videos": [{"path": p, "reason": r} for p, r in sorted(failed.reasons.items())],
+            "failed_videos": failed_video_records(failed.reasons),
             "note": (f"{failed.num_videos} of {len(dataset)} listed videos could not be decoded and are excluded "
                      f"from the denominator; accuracies are over the {preds.label.numel()} that decoded"),
             "test_clips": clips, "test_crops": crops, "num_classes": num_classes,
@@ -470,12 +468,9 @@ def run_eval(cfg: Config, *, model: Optional[nn.Module] = None, runtime: Optiona
             _log_results(results, out_dir)
         runtime.barrier()
         return results
-    finally:
-        if own_runtime:
-            runtime.close()
 
 
-def _log_results(results: Dict[str, Any], out_dir: Path) -> None:
+def _log_results(results: dict[str, Any], out_dir: Path) -> None:
     def fmt(v):
         return "n/a" if v is None else f"{v:.2f}%"
 

@@ -26,17 +26,17 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import Subset
 
-from ..data import FailureLog, collate_videos, seed_worker, skip_failed
+from ..data import FailureLog, collate_videos, failed_video_records, seed_worker, skip_failed
 from .checkpoint import atomic_write
 from .config import Config, save_config
 from .evaluate import build_test_dataset, load_class_names, load_model, progress_iter, read_split
-from .runtime import Runtime, setup_logging
+from .runtime import Runtime, runtime_scope
 from .workers import WorkerLoader
 
 __all__ = ["POOLS", "SHARD_SIZE", "pool_tokens", "video_features", "FeatureShardWriter", "run_extract"]
@@ -71,9 +71,9 @@ class FeatureShardWriter:
 
     def __init__(self, out_dir: Path, prefix: str = "features", shard_size: int = SHARD_SIZE):
         self.out_dir, self.prefix, self.shard_size = out_dir, prefix, int(shard_size)
-        self.buffer: Dict[str, torch.Tensor] = {}
-        self.rows: List[Dict[str, Any]] = []
-        self.shards: List[str] = []
+        self.buffer: dict[str, torch.Tensor] = {}
+        self.rows: list[dict[str, Any]] = []
+        self.shards: list[str] = []
 
     @property
     def current_shard(self) -> str:
@@ -96,7 +96,7 @@ class FeatureShardWriter:
         self.buffer = {}
 
 
-def _write_index(path: Path, rows: List[Dict[str, Any]]) -> None:
+def _write_index(path: Path, rows: list[dict[str, Any]]) -> None:
     def write(f):
         w = csv.DictWriter(f, fieldnames=["path", "label", "shard", "key"])
         w.writeheader()
@@ -111,7 +111,7 @@ def extract_output_dir(cfg: Config) -> Path:
 
 
 @torch.no_grad()
-def _extract_shard(model: nn.Module, dataset, indices: List[int], cfg: Config, runtime: Runtime,
+def _extract_shard(model: nn.Module, dataset, indices: list[int], cfg: Config, runtime: Runtime,
                    writer: FeatureShardWriter) -> FailureLog:
     views = dataset.num_views
     loader = WorkerLoader(Subset(dataset, indices), batch_size=max(1, cfg.eval.batch_size // views),
@@ -130,7 +130,7 @@ def _extract_shard(model: nn.Module, dataset, indices: List[int], cfg: Config, r
     return failures
 
 
-def run_extract(cfg: Config, *, runtime: Optional[Runtime] = None, shard_size: int = SHARD_SIZE) -> Dict[str, Any]:
+def run_extract(cfg: Config, *, runtime: Runtime | None = None, shard_size: int = SHARD_SIZE) -> dict[str, Any]:
     """Extract features of ``data.test`` with ``model.checkpoint``; see the module docstring.
 
     Returns ``{"output_dir", "num_videos", "num_failed", "failed_videos", "shards", "shape", "pool", "layer"}``.
@@ -138,10 +138,7 @@ def run_extract(cfg: Config, *, runtime: Optional[Runtime] = None, shard_size: i
     """
     if cfg.eval.pool not in POOLS:
         raise ValueError(f"eval.pool must be one of {', '.join(POOLS)}, got {cfg.eval.pool!r}")
-    own_runtime = runtime is None
-    runtime = runtime or Runtime.from_env(cfg.train.device, cfg.train.precision)
-    setup_logging(runtime.rank)
-    try:
+    with runtime_scope(cfg, runtime) as runtime:
         model = load_model(cfg).to(runtime.device).eval()
         names = load_class_names(cfg.model.checkpoint)
         annotations = read_split(cfg, "test", classes=names)
@@ -166,7 +163,7 @@ def run_extract(cfg: Config, *, runtime: Optional[Runtime] = None, shard_size: i
         meta = {
             "pool": cfg.eval.pool, "layer": cfg.eval.layer, "shape": shape, "dtype": "float32",
             "num_videos": len(rows), "num_listed": len(dataset), "num_failed": len(failed),
-            "failed_videos": [{"path": p, "reason": r} for p, r in sorted(failed.items())],
+            "failed_videos": failed_video_records(failed),
             "shards": sorted(s for p in parts for s in p["shards"]), "test_clips": clips, "test_crops": crops,
             "checkpoint": cfg.model.checkpoint, "test": cfg.data.test, "classes": dataset.classes,
             "model": model.config.to_dict() if hasattr(model, "config") else None,
@@ -181,6 +178,3 @@ def run_extract(cfg: Config, *, runtime: Optional[Runtime] = None, shard_size: i
         runtime.barrier()
         return {"output_dir": str(out), **{k: meta[k] for k in ("num_videos", "num_failed", "failed_videos", "shards",
                                                                "shape", "pool", "layer")}}
-    finally:
-        if own_runtime:
-            runtime.close()

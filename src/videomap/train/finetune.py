@@ -36,7 +36,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -45,7 +45,6 @@ from torch.utils.data import Dataset
 
 from ..data import (
     FailedVideo,
-    FailureLog,
     Mixup,
     VideoClassificationDataset,
     VideoRecord,
@@ -58,6 +57,7 @@ from ..data import (
 from .batches import ResumableBatches
 from .callbacks import Callback, ExportModel
 from .checkpoint import atomic_write, save_model_dir
+from .failures import FailureCounter, stand_in_clip
 from .config import Config
 from .evaluate import (
     build_test_dataset,
@@ -69,7 +69,7 @@ from .evaluate import (
     validate,
 )
 from .loop import Trainer
-from .runtime import Runtime, setup_logging
+from .runtime import Runtime, runtime_scope
 
 __all__ = [
     "BEST_METRICS",
@@ -80,7 +80,6 @@ __all__ = [
     "build_model",
     "ModelEMA",
     "BestCheckpoint",
-    "FailureCounter",
     "FinetuneStep",
     "run_finetune",
 ]
@@ -94,7 +93,7 @@ BEST_METRICS = ("top1", "top5", "mean_class_accuracy", "loss")
 # ---------------------------------------------------------------------------------------------- data
 
 
-def stratified_subset(labels: Sequence[int], fraction: float, seed: int) -> List[int]:
+def stratified_subset(labels: Sequence[int], fraction: float, seed: int) -> list[int]:
     """Indices of a seeded, class-stratified ``fraction`` of a labelled set, in increasing order.
 
     Each class keeps ``round(fraction × its size)`` videos, at least one, so that no class disappears
@@ -106,7 +105,7 @@ def stratified_subset(labels: Sequence[int], fraction: float, seed: int) -> List
     if fraction == 1.0:
         return list(range(len(labels)))
     rng = np.random.default_rng(seed)
-    keep: List[int] = []
+    keep: list[int] = []
     for c in np.unique(labels):
         members = np.flatnonzero(labels == c)
         k = max(1, int(round(fraction * len(members))))
@@ -231,7 +230,7 @@ class ModelEMA(Callback):
             else:
                 ema.copy_(current)
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         return {"weights": {k: v.detach().cpu() for k, v in self.module.state_dict().items()}, "updates": self.updates}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -252,7 +251,7 @@ def _replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old)
 
 
-def export_model(model: nn.Module, directory: Path, classes: Sequence[str], info: Optional[dict] = None) -> Path:
+def export_model(model: nn.Module, directory: Path, classes: Sequence[str], info: dict | None = None) -> Path:
     """Write a model folder (``config.json``, ``model.safetensors``, ``classes.json``, optional
     ``info.json``), replacing ``directory`` atomically. Call it on one rank."""
     tmp = directory.with_name(directory.name + ".tmp")
@@ -280,8 +279,8 @@ class BestCheckpoint(Callback):
         if metric not in BEST_METRICS:
             raise ValueError(f"finetune.best_metric must be one of {', '.join(BEST_METRICS)}, got {metric!r}")
         self.directory, self.metric, self.classes, self.select = Path(directory), metric, list(classes), select
-        self.best: Optional[float] = None
-        self.best_step: Optional[int] = None
+        self.best: float | None = None
+        self.best_step: int | None = None
 
     def _better(self, value: float) -> bool:
         if self.best is None:
@@ -307,62 +306,12 @@ class BestCheckpoint(Callback):
             self._export(trainer, {"step": trainer.step, "epoch": trainer.epoch, "metric": None,
                                    "note": "no validation set: the final weights"})
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "step": self.best_step, "metric": self.metric}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state.get("metric") == self.metric:
             self.best, self.best_step = state.get("best"), state.get("step")
-
-
-class FailureCounter(Callback):
-    """Counts undecodable training videos across all processes and checkpoints the count.
-
-    Each process records its own failures (:class:`~videomap.data.FailureLog` warns once per file); after
-    every step the new ones are gathered, so every process holds the same totals, the checkpoint saves the
-    full count, and a resumed run keeps counting from there.
-    """
-
-    name = "failures"
-
-    def __init__(self):
-        self.local = FailureLog(log, context="training")
-        self.count = 0
-        self.reasons: Dict[str, str] = {}
-        self._pending: List[tuple] = []
-
-    def record(self, failed: Sequence[FailedVideo]) -> None:
-        """Called by the step function with a batch's ``"failed"`` list."""
-        self.local.update(failed)
-        self._pending.extend((f.path, f.reason) for f in failed)
-
-    def _sync(self, runtime: Runtime) -> None:
-        if runtime.distributed:
-            # One small all-reduce per step; the paths are gathered only when some process has new failures.
-            n = runtime.all_reduce(torch.tensor([float(len(self._pending))], device=runtime.device))
-            if n.item() == 0:
-                return
-            parts = runtime.all_gather_object(self._pending)
-        else:
-            parts = [self._pending]
-        for part in parts:
-            for path, reason in part:
-                self.count += 1
-                self.reasons.setdefault(path, reason)
-        self._pending = []
-
-    def on_step_end(self, trainer: Trainer, metrics: Mapping[str, Any]) -> None:
-        self._sync(trainer.runtime)
-
-    def summary(self) -> Dict[str, Any]:
-        return {"failed_loads": self.count, "num_failed": len(self.reasons),
-                "failed_videos": [{"path": p, "reason": r} for p, r in sorted(self.reasons.items())]}
-
-    def state_dict(self) -> Dict[str, Any]:
-        return {"count": self.count, "reasons": dict(self.reasons)}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.count, self.reasons = int(state["count"]), dict(state["reasons"])
 
 
 # ------------------------------------------------------------------------------------------------ step
@@ -386,8 +335,8 @@ class FinetuneStep:
         self.seed, self.rank = cfg.train.seed, self.runtime.rank
         self.mixup = (Mixup(num_classes, mixup_alpha=ft.mixup, cutmix_alpha=ft.cutmix, label_smoothing=ft.label_smoothing,
                             seed=0) if ft.mixup > 0 or ft.cutmix > 0 else None)
-        self.dummy_shape = (1, 3, cfg.data.num_frames, cfg.data.img_size, cfg.data.img_size)
-        self.trainer: Optional[Trainer] = None
+        self.cfg = cfg
+        self.trainer: Trainer | None = None
 
     def _targets(self, video: torch.Tensor, label: torch.Tensor):
         if self.mixup is None:
@@ -397,20 +346,14 @@ class FinetuneStep:
         self.mixup.rng = np.random.default_rng([self.seed, self.rank, *where])
         return self.mixup(video, label)
 
-    def _zero_loss(self, model: nn.Module, device: torch.device) -> torch.Tensor:
-        # Every video of this micro-batch failed. Under DDP the other processes still all-reduce gradients
-        # in this step, so this one must run a backward over every parameter too: a forward on a blank clip,
-        # times zero, contributes nothing but takes part.
-        dummy = torch.zeros(self.dummy_shape, device=device)
-        return model(dummy).float().sum() * 0.0
-
-    def __call__(self, model: nn.Module, batch: dict) -> Dict[str, torch.Tensor]:
+    def __call__(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         self.failures.record(batch["failed"])
         video = batch["video"]
         # Collective: taken on every process, before the branch, whether or not its clips decoded.
         share = self.runtime.loss_share(0 if video is None else video.shape[0])
         if video is None:
-            return {"loss": self._zero_loss(model, next(model.parameters()).device)}
+            stand_in = stand_in_clip(self.cfg, next(model.parameters()).device)
+            return {"loss": model(stand_in).float().sum() * share}
         video, target = self._targets(video, batch["label"])
         return {"loss": soft_target_cross_entropy(model(video), target) * share}
 
@@ -418,7 +361,7 @@ class FinetuneStep:
 # ------------------------------------------------------------------------------------------------ run
 
 
-def _resolve_classes(cfg: Config, classes: Sequence[str]) -> List[str]:
+def _resolve_classes(cfg: Config, classes: Sequence[str]) -> list[str]:
     n = cfg.model.num_classes
     if n is None:
         return list(classes)
@@ -447,16 +390,13 @@ def _train_batches(cfg: Config, dataset: VideoClassificationDataset, runtime: Ru
                             num_workers=cfg.data.num_workers)
 
 
-def run_finetune(cfg: Config, *, runtime: Optional[Runtime] = None, callbacks: Sequence[Callback] = ()) -> Dict[str, Any]:
+def run_finetune(cfg: Config, *, runtime: Runtime | None = None, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Fine-tune as the module docstring describes; returns a summary (also written to
     ``OUTPUT/summary.json``): ``best`` (metric, value, step), ``failed_loads``/``failed_videos``, ``steps``,
     ``interrupted``, the last training metrics and, when ``data.test`` is set, the test ``results``.
 
     ``callbacks`` are added to the trainer's own (EMA, best checkpoint, failure count, final export)."""
-    own_runtime = runtime is None
-    rt = runtime or Runtime.from_env(cfg.train.device, cfg.train.precision)
-    setup_logging(rt.rank)
-    try:
+    with runtime_scope(cfg, runtime) as rt:
         train_ann = read_split(cfg, "train")
         classes = _resolve_classes(cfg, train_ann.classes)
         cfg = _resolved_config(cfg, len(classes))
@@ -477,7 +417,7 @@ def run_finetune(cfg: Config, *, runtime: Optional[Runtime] = None, callbacks: S
         judged = (lambda tr: ema.module) if ema is not None else (lambda tr: tr.model)
         out = Path(cfg.train.output_dir)
         best = BestCheckpoint(out / "best", cfg.finetune.best_metric, classes, judged)
-        hooks: List[Callback] = [failures, *([ema] if ema else []), best, ExportModel(out / "final"), *callbacks]
+        hooks: list[Callback] = [failures, *([ema] if ema else []), best, ExportModel(out / "final"), *callbacks]
         eval_fn = (lambda tr: validate(judged(tr), val_set, cfg, tr.runtime)) if val_set is not None else None
 
         trainer = Trainer(model, step, _train_batches(cfg, train_set, rt), cfg, runtime=rt, callbacks=hooks,
@@ -502,6 +442,3 @@ def run_finetune(cfg: Config, *, runtime: Optional[Runtime] = None, callbacks: S
             text = json.dumps(summary, indent=2, allow_nan=False, default=str) + "\n"
             atomic_write(out / "summary.json", lambda f: f.write(text), mode="w")
         return summary
-    finally:
-        if own_runtime:
-            rt.close()

@@ -32,7 +32,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -78,8 +78,8 @@ class TrainResult:
     #: True when training stopped early on SIGTERM / :meth:`Trainer.request_stop` (after saving).
     interrupted: bool
     #: The last logged training metrics (rank-averaged floats).
-    metrics: Dict[str, Any] = field(default_factory=dict)
-    checkpoint: Optional[Path] = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    checkpoint: Path | None = None
     skipped_steps: int = 0
 
 
@@ -121,12 +121,12 @@ class Trainer:
         batches: BatchFactory,
         cfg: Config,
         *,
-        runtime: Optional[Runtime] = None,
-        optimizer: Optional[torch.optim.Optimizer] = None,
-        lr_fn: Optional[Callable[[int], float]] = None,
+        runtime: Runtime | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        lr_fn: Callable[[int], float] | None = None,
         callbacks: Sequence[Callback] = (),
-        eval_fn: Optional[Callable[["Trainer"], Mapping[str, Any]]] = None,
-        generators: Optional[Mapping[str, torch.Generator]] = None,
+        eval_fn: Callable[["Trainer"], Mapping[str, Any]] | None = None,
+        generators: Mapping[str, torch.Generator] | None = None,
         find_unused_parameters: bool = False,
     ):
         self.cfg = cfg
@@ -143,10 +143,10 @@ class Trainer:
         self.batches = batches
         self.callbacks = list(callbacks)
         self.eval_fn = eval_fn
-        self.generators: Dict[str, torch.Generator] = {**find_generators(self.model), **(generators or {})}
+        self.generators: dict[str, torch.Generator] = {**find_generators(self.model), **(generators or {})}
         self.output_dir = Path(self.tcfg.output_dir)
 
-        self.steps_per_epoch: Optional[int] = None
+        self.steps_per_epoch: int | None = None
         try:
             self.steps_per_epoch = max(1, len(batches) // self.tcfg.grad_accum)  # type: ignore[arg-type]
         except TypeError:
@@ -167,19 +167,19 @@ class Trainer:
         self.epoch = 0
         self.position = 0  # micro-batches of ``epoch`` already consumed
         self.skipped_steps = 0
-        self.last_metrics: Dict[str, Any] = {}
+        self.last_metrics: dict[str, Any] = {}
 
-        self._it: Optional[Iterator[Any]] = None
+        self._it: Iterator[Any] | None = None
         self._it_yielded = False
-        self._epoch_done: Optional[int] = None
-        self._epoch_pending: Optional[int] = None
+        self._epoch_done: int | None = None
+        self._epoch_pending: int | None = None
         self._it_from_start = True
         self._bad_streak = 0
         self._stop = False
         self._stop_agreed = False
         self._last_eval_step = -1
-        self._jsonl: Optional[JsonlLogger] = None
-        self._tb: Optional[TensorBoardLogger] = None
+        self._jsonl: JsonlLogger | None = None
+        self._tb: TensorBoardLogger | None = None
         self._bar = None
 
     # ------------------------------------------------------------------------------------------- control
@@ -194,7 +194,7 @@ class Trainer:
 
     # --------------------------------------------------------------------------------------- checkpoints
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         """This rank's view of the training state (RNG states of this rank only)."""
         return {
             "format": CHECKPOINT_FORMAT,
@@ -299,11 +299,11 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------------- step
 
-    def _train_step(self) -> Dict[str, torch.Tensor]:
+    def _train_step(self) -> dict[str, torch.Tensor]:
         """Forward/backward over ``grad_accum`` micro-batches; returns this rank's step metrics."""
         rt, accum = self.runtime, self.tcfg.grad_accum
         self.ddp_model.train()
-        sums: Dict[str, torch.Tensor] = {}
+        sums: dict[str, torch.Tensor] = {}
         for micro in range(accum):
             batch = rt.to_device(self._next_batch())
             # Only the last micro-batch all-reduces gradients; the others accumulate locally.
@@ -328,7 +328,7 @@ class Trainer:
                 sums[k] = sums[k] + v if k in sums else v
         return {k: v / accum for k, v in sums.items()}
 
-    def _clip_and_check(self, metrics: Dict[str, torch.Tensor]) -> tuple:
+    def _clip_and_check(self, metrics: dict[str, torch.Tensor]) -> tuple:
         params = [p for p in self.model.parameters() if p.requires_grad]
         clip = self.tcfg.clip_grad
         max_norm = float(clip) if clip else float("inf")
@@ -388,7 +388,7 @@ class Trainer:
             self._tb.close()
             self._tb = None
 
-    def _check_same_metrics(self, keys: List[str]) -> None:
+    def _check_same_metrics(self, keys: list[str]) -> None:
         """Raise on every process together when the processes' metric names differ. Collective.
 
         The metrics are averaged in one all-reduce of a stacked tensor, which only lines up when every
@@ -402,13 +402,13 @@ class Trainer:
             raise RuntimeError(f"step_fn returned different metrics on different processes ({shown}); it must "
                                "return the same names on every process, also for a batch with no usable samples")
 
-    def _log_window(self, window: Dict[str, List[torch.Tensor]], t_window: float, n_steps: int) -> None:
+    def _log_window(self, window: dict[str, list[torch.Tensor]], t_window: float, n_steps: int) -> None:
         """Average the window's metrics over steps and ranks; write them (rank 0). Collective."""
         keys = sorted(window)
         self._check_same_metrics(keys)
         means = torch.stack([torch.stack(window[k]).mean() for k in keys]) if keys else torch.zeros(0)
         means = self.runtime.all_reduce(means.to(self.runtime.device), op="mean")
-        record: Dict[str, Any] = {"step": self.step, "epoch": self.epoch}
+        record: dict[str, Any] = {"step": self.step, "epoch": self.epoch}
         record.update({k: to_float(v) for k, v in zip(keys, means.tolist())})
         record["lr"] = self.lr_fn(self.step - 1)
         record["skipped_steps"] = self.skipped_steps
@@ -503,7 +503,7 @@ class Trainer:
                     stack.enter_context(logging_redirect_tqdm(loggers=[logging.getLogger("videomap")]))
                 for cb in self.callbacks:
                     cb.on_train_start(self)
-                window: Dict[str, List[torch.Tensor]] = {}
+                window: dict[str, list[torch.Tensor]] = {}
                 t_window, n_window = time.perf_counter(), 0
                 while self.step < self.total_steps:
                     set_lr(self.optimizer, self.lr_fn(self.step))

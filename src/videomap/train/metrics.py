@@ -8,7 +8,7 @@ import math
 import numbers
 import os
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -30,7 +30,7 @@ def _hard_targets(target: torch.Tensor) -> torch.Tensor:
     return target.argmax(dim=-1) if target.ndim == 2 else target
 
 
-def topk_accuracy(logits: torch.Tensor, target: torch.Tensor, ks: Sequence[int] = (1, 5)) -> Dict[int, float]:
+def topk_accuracy(logits: torch.Tensor, target: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[int, float]:
     """Fraction of rows whose target is among the ``k`` largest scores, for each ``k``.
 
     Args:
@@ -75,7 +75,7 @@ def mean_class_accuracy(confusion: torch.Tensor) -> float:
     return acc[present].mean().item() if present.any() else float("nan")
 
 
-def to_float(value: Any) -> Optional[float]:
+def to_float(value: Any) -> float | None:
     """A scalar tensor / number as a Python float; ``None`` for NaN/inf so the JSON stays strict."""
     if isinstance(value, torch.Tensor):
         value = value.detach().float().item()
@@ -93,7 +93,7 @@ class JsonlLogger:
             must appear once); 0 starts an empty file.
     """
 
-    def __init__(self, path: Union[str, os.PathLike], keep_until_step: Optional[int] = None):
+    def __init__(self, path: str | os.PathLike, keep_until_step: int | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if keep_until_step is not None and self.path.exists():
@@ -130,7 +130,7 @@ class JsonlLogger:
 class TensorBoardLogger:
     """Scalars to TensorBoard under ``log_dir``; a silent no-op when TensorBoard is not installed."""
 
-    def __init__(self, log_dir: Union[str, os.PathLike]):
+    def __init__(self, log_dir: str | os.PathLike):
         self.writer = None
         try:
             from torch.utils.tensorboard import SummaryWriter  # optional: needs the tensorboard package

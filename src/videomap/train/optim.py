@@ -17,7 +17,7 @@ Each group carries ``lr_scale``; :func:`set_lr` multiplies the scheduled lr by i
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Iterable, List, Optional, Set
+from typing import Any, Iterable
 
 import torch
 from torch import nn
@@ -38,13 +38,13 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             return model
 
 
-def no_weight_decay_names(model: nn.Module) -> Set[str]:
+def no_weight_decay_names(model: nn.Module) -> set[str]:
     """Full parameter names listed by ``no_weight_decay()`` of ``model`` and of every submodule.
 
     Gathering them from submodules lets an objective that wraps an encoder (``pretrainer.encoder``)
     inherit the encoder's list without knowing about it.
     """
-    names: Set[str] = set()
+    names: set[str] = set()
     for prefix, module in model.named_modules():
         fn = getattr(module, "no_weight_decay", None)
         if not callable(fn):
@@ -59,7 +59,7 @@ def _matches(name: str, skip: Iterable[str]) -> bool:
     return any(name == s or name.startswith(s + ".") for s in skip)
 
 
-def _layer_info(model: nn.Module, layer_decay: Optional[float]):
+def _layer_info(model: nn.Module, layer_decay: float | None):
     if layer_decay is None or layer_decay == 1.0:
         return None
     get_id = getattr(model, "get_layer_id", None)
@@ -80,10 +80,10 @@ def _layer_info(model: nn.Module, layer_decay: Optional[float]):
 def param_groups(
     model: nn.Module,
     weight_decay: float,
-    layer_decay: Optional[float] = 1.0,
+    layer_decay: float | None = 1.0,
     *,
     no_weight_decay: Iterable[str] = (),
-) -> List[Dict[str, Any]]:
+) -> list[dict[str, Any]]:
     """Optimizer parameter groups: decay / no-decay split, crossed with layer ids when ``layer_decay != 1``.
 
     Args:
@@ -100,7 +100,7 @@ def param_groups(
     skip = no_weight_decay_names(model) | set(no_weight_decay)
     layers = _layer_info(model, layer_decay)
 
-    groups: Dict[Any, Dict[str, Any]] = {}
+    groups: dict[Any, dict[str, Any]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue

@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 
-from ..data import (FailureLog, VideoClassificationDataset, VideoTrainTransform, collate_videos,
-                    read_annotations)
+from ..data import VideoClassificationDataset, VideoTrainTransform, collate_videos, read_annotations
 from ..models import create_model
 from ..pretrain import MAPPretrainer, reconstruction_grid, save_png
 from .batches import ResumableBatches
 from .callbacks import Callback, Every, ExportModel
 from .config import Config
+from .failures import FailureCounter, stand_in_clip
 from .loop import Trainer
-from .runtime import Runtime, seed_everything
+from .runtime import Runtime, runtime_scope, seed_everything
 
 log = logging.getLogger("videomap.pretrain")
 
@@ -60,14 +60,14 @@ class ReconstructionPictures:
     def __init__(self, dataset: VideoClassificationDataset, output_dir: Path, seed: int):
         self.dataset, self.directory, self.seed = dataset, Path(output_dir) / "reconstructions", seed
 
-    def _first_decodable_clip(self) -> Optional[torch.Tensor]:
+    def _first_decodable_clip(self) -> torch.Tensor | None:
         for index in range(len(self.dataset)):
             item = self.dataset[(index, self.seed)]
             if isinstance(item, dict):  # undecodable videos come back as FailedVideo markers
                 return item["video"]
         return None
 
-    def __call__(self, trainer: Trainer) -> Optional[Path]:
+    def __call__(self, trainer: Trainer) -> Path | None:
         if not trainer.runtime.is_main:
             return None
         model: MAPPretrainer = trainer.model
@@ -92,47 +92,47 @@ class ReconstructionPictures:
         return path
 
 
-def run_pretrain(cfg: Config, *, callbacks: Sequence[Callback] = ()) -> dict:
+def run_pretrain(cfg: Config, *, runtime: Runtime | None = None, callbacks: Sequence[Callback] = ()) -> dict:
     """Pretrain ``model.name`` on ``data.train``; returns the final metrics and the output paths.
 
-    ``callbacks`` are added after the trainer's own (encoder export, reconstruction pictures)."""
-    runtime = Runtime.from_env(cfg.train.device, cfg.train.precision)
-    seed_everything(cfg.train.seed)  # the same initial weights for the same seed, on every rank
-    pretrainer = build_pretrainer(cfg)
-    encoder = pretrainer.encoder
-    dataset = build_pretrain_dataset(cfg, encoder.config.mean, encoder.config.std)
-    # Masks come from a generator owned by the objective, so the Trainer checkpoints its state with the run.
-    pretrainer.mask_generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + runtime.rank)
-    failures = FailureLog(context="pretraining")
-    batches = ResumableBatches(dataset, cfg.train.batch_size, seed=cfg.train.seed, rank=runtime.rank,
-                               world_size=runtime.world_size, seed_keys=True, collate_fn=collate_videos,
-                               num_workers=cfg.data.num_workers)
+    ``failed_videos`` is the count of undecodable clips over every process and every resumed invocation
+    (:class:`~videomap.train.failures.FailureCounter`). ``callbacks`` are added after the trainer's own
+    (encoder export, reconstruction pictures, failure count)."""
+    with runtime_scope(cfg, runtime) as rt:
+        seed_everything(cfg.train.seed)  # the same initial weights for the same seed, on every rank
+        pretrainer = build_pretrainer(cfg)
+        encoder = pretrainer.encoder
+        dataset = build_pretrain_dataset(cfg, encoder.config.mean, encoder.config.std)
+        # Masks come from a generator owned by the objective, so the Trainer checkpoints its state with the run.
+        pretrainer.mask_generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + rt.rank)
+        failures = FailureCounter(context="pretraining")
+        batches = ResumableBatches(dataset, cfg.train.batch_size, seed=cfg.train.seed, rank=rt.rank,
+                                   world_size=rt.world_size, seed_keys=True, collate_fn=collate_videos,
+                                   num_workers=cfg.data.num_workers)
 
-    def step(model, batch):
-        failures.update(batch["failed"])
-        video = batch["video"]
-        # The gradient is the mean over the clips that decoded on every process together (see
-        # Runtime.loss_share); collective, so it is taken before the branch on every process.
-        share = runtime.loss_share(0 if video is None else video.shape[0])
-        if video is None:
-            # Every clip of this micro-batch failed. A zero-weighted forward of a blank clip through the
-            # (possibly DDP-wrapped) model still runs its gradient all-reduce, keeping the processes in step.
-            video = torch.zeros(1, 3, cfg.data.num_frames, cfg.data.img_size, cfg.data.img_size,
-                                device=runtime.device)
-        out = model(video, generator=pretrainer.mask_generator)
-        # The same metric names on every process: the loop averages them over processes in one all-reduce.
-        return {"loss": out["loss"] * share, "mask_ratio": out["mask"].float().mean(),
-                "failed_videos": float(failures.count)}
+        def step(model, batch):
+            failures.record(batch["failed"])
+            video = batch["video"]
+            # The gradient is the mean over the clips that decoded on every process together (see
+            # Runtime.loss_share); collective, so it is taken before the branch on every process.
+            share = rt.loss_share(0 if video is None else video.shape[0])
+            if video is None:
+                video = stand_in_clip(cfg, rt.device)  # its loss is scaled by a share of exactly zero
+            out = model(video, generator=pretrainer.mask_generator)
+            # The same metric names on every process: the loop averages them over processes in one
+            # all-reduce. The failure count is the synced one (up to the previous step), equal on every process.
+            return {"loss": out["loss"] * share, "mask_ratio": out["mask"].float().mean(),
+                    "failed_videos": float(failures.count)}
 
-    output = Path(cfg.train.output_dir)
-    hooks: list[Callback] = [ExportModel(output / "encoder", select=lambda m: m.encoder)]
-    if cfg.pretrain.target == "pixel":
-        hooks.append(Every(cfg.pretrain.recon_every, ReconstructionPictures(dataset, output, cfg.train.seed)))
-    trainer = Trainer(pretrainer, step, batches, cfg, runtime=runtime, callbacks=[*hooks, *callbacks])
-    result = trainer.fit()
-    if failures.count:
-        log.warning("pretraining skipped %d undecodable clip(s) from %d file(s)", failures.count, len(failures.paths))
-    return {"step": result.step, "interrupted": result.interrupted, "metrics": result.metrics,
-            "encoder": str(output / "encoder"), "checkpoint": str(result.checkpoint),
-            "failed_videos": failures.summary()}
-
+        output = Path(cfg.train.output_dir)
+        hooks: list[Callback] = [failures, ExportModel(output / "encoder", select=lambda m: m.encoder)]
+        if cfg.pretrain.target == "pixel":
+            hooks.append(Every(cfg.pretrain.recon_every, ReconstructionPictures(dataset, output, cfg.train.seed)))
+        trainer = Trainer(pretrainer, step, batches, cfg, runtime=rt, callbacks=[*hooks, *callbacks])
+        result = trainer.fit()
+        if failures.count:
+            log.warning("pretraining skipped %d undecodable clip(s) from %d file(s)", failures.count,
+                        len(failures.reasons))
+        return {"step": result.step, "interrupted": result.interrupted, "metrics": result.metrics,
+                "encoder": str(output / "encoder"), "checkpoint": str(result.checkpoint),
+                "failed_videos": failures.summary()}

@@ -15,7 +15,7 @@ import os
 import random
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Iterator, List, Optional
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ __all__ = [
     "autocast",
     "move_to_device",
     "setup_logging",
+    "runtime_scope",
 ]
 
 log = logging.getLogger("videomap.train")
@@ -121,7 +122,7 @@ class Runtime:
     # ----------------------------------------------------------------------------------------- creation
 
     @classmethod
-    def from_env(cls, device: str = "auto", precision: str = "fp32", backend: Optional[str] = None,
+    def from_env(cls, device: str = "auto", precision: str = "fp32", backend: str | None = None,
                  configure_logging: bool = True) -> "Runtime":
         """Read the ``torchrun`` environment, pick the device, join the process group when W > 1."""
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -217,11 +218,11 @@ class Runtime:
             dist.all_reduce(tensor, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
         return tensor
 
-    def all_gather_object(self, obj: Any) -> List[Any]:
+    def all_gather_object(self, obj: Any) -> list[Any]:
         """Every rank's ``obj``, indexed by rank (``[obj]`` in one process)."""
         if not self.distributed:
             return [obj]
-        out: List[Any] = [None] * self.world_size
+        out: list[Any] = [None] * self.world_size
         dist.all_gather_object(out, obj)
         return out
 
@@ -260,3 +261,21 @@ class Runtime:
         yield
         if self.is_main:
             self.barrier()
+
+
+@contextlib.contextmanager
+def runtime_scope(cfg: Any, runtime: Runtime | None = None) -> Iterator[Runtime]:
+    """The set-up and tear-down every run (pretrain, finetune, eval, extract) shares.
+
+    Yields ``runtime``, or a new one from the ``torchrun`` environment with ``cfg.train.device`` and
+    ``cfg.train.precision``, which it then closes (leaving the process group it joined) however the block
+    ends. A caller's own runtime is left open: a fine-tuning run evaluates its test set on its runtime.
+    """
+    own = runtime is None
+    runtime = runtime or Runtime.from_env(cfg.train.device, cfg.train.precision)
+    setup_logging(runtime.rank)
+    try:
+        yield runtime
+    finally:
+        if own:
+            runtime.close()

@@ -8,7 +8,7 @@ the value returned is the one used for the next update.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable
 
 __all__ = ["linear_warmup", "cosine", "warmup_cosine", "warmup_constant", "build_lr_fn", "warmup_steps_for"]
 
@@ -44,7 +44,7 @@ def warmup_constant(step: int, warmup_steps: int, base: float) -> float:
     return linear_warmup(step, warmup_steps, base)
 
 
-def warmup_steps_for(optim_cfg, steps_per_epoch: Optional[int]) -> int:
+def warmup_steps_for(optim_cfg, steps_per_epoch: int | None) -> int:
     """Warmup length in steps: ``optim.warmup_steps`` when set, else ``warmup_epochs * steps_per_epoch``."""
     if optim_cfg.warmup_steps > 0:
         return int(optim_cfg.warmup_steps)
@@ -55,7 +55,7 @@ def warmup_steps_for(optim_cfg, steps_per_epoch: Optional[int]) -> int:
     return 0
 
 
-def build_lr_fn(optim_cfg, total_steps: int, steps_per_epoch: Optional[int] = None) -> Callable[[int], float]:
+def build_lr_fn(optim_cfg, total_steps: int, steps_per_epoch: int | None = None) -> Callable[[int], float]:
     """The learning rate at each step for an :class:`~videomap.train.config.OptimConfig`."""
     warmup = warmup_steps_for(optim_cfg, steps_per_epoch)
     base, final = float(optim_cfg.lr), float(optim_cfg.min_lr)

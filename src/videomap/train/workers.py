@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator
 
 from torch.utils.data import DataLoader
 
@@ -34,7 +34,7 @@ class _IgnoreSigtermThen:
     A class rather than a closure so that it pickles for the ``spawn`` start method.
     """
 
-    def __init__(self, then: Optional[Callable[[int], None]] = None):
+    def __init__(self, then: Callable[[int], None] | None = None):
         self.then = then
 
     def __call__(self, worker_id: int) -> None:
@@ -70,7 +70,7 @@ class WorkerLoader(DataLoader):
     SIGTERM is ignored there. With ``num_workers=0`` it is a plain ``DataLoader``.
     """
 
-    def __init__(self, *args, worker_init_fn: Optional[Callable[[int], None]] = None, **kwargs):
+    def __init__(self, *args, worker_init_fn: Callable[[int], None] | None = None, **kwargs):
         super().__init__(*args, worker_init_fn=_IgnoreSigtermThen(worker_init_fn), **kwargs)
 
     def __iter__(self):

@@ -1,4 +1,4 @@
-"""Mixup/CutMix label sums and consistency; repeated-augmentation sampler; worker seeding."""
+"""Mixup/CutMix label sums and consistency; worker seeding."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from videomap.data import Mixup, RepeatedAugSampler, mix_seed, seed_worker, smooth_one_hot, soft_target_cross_entropy
+from videomap.data import Mixup, mix_seed, seed_worker, smooth_one_hot, soft_target_cross_entropy
 
 
 def batch(b=6, k=5, seed=0):
@@ -82,46 +82,7 @@ def test_soft_target_cross_entropy_matches_hard_labels():
     assert torch.allclose(soft_target_cross_entropy(logits, smooth_one_hot(y, 5)), expect)
 
 
-# ---------------------------------------------------------------------------------------- sampler
-
-
-def test_repeated_aug_single_process():
-    s = RepeatedAugSampler(10, num_repeats=2, seed=0, num_replicas=1, rank=0)
-    idx = list(s)
-    assert len(idx) == len(s) == 10
-    assert all(idx[i] == idx[i + 1] for i in range(0, 10, 2))  # copies are consecutive
-    s.set_epoch(1)
-    assert list(s) != idx
-    s.set_epoch(0)
-    assert list(s) == idx
-
-
-def test_repeated_aug_ddp_ranks_split_copies():
-    n, r, w = 12, 3, 4
-    per_rank = [list(RepeatedAugSampler(n, num_repeats=r, seed=5, num_replicas=w, rank=k)) for k in range(w)]
-    assert all(len(p) == n // w for p in per_rank)
-    # The first block of positions deals the copies of one video to different ranks.
-    firsts = [p[0] for p in per_rank[:r]]
-    assert len(set(firsts)) == 1
-    everything = sum(per_rank, [])
-    counts = np.bincount(everything, minlength=n)
-    assert set(counts.tolist()) <= {0, r}
-    assert counts.sum() == n
-
-
-def test_repeated_aug_with_seeds_gives_each_copy_its_own_seed():
-    s = RepeatedAugSampler(8, num_repeats=2, seed=1, num_replicas=1, rank=0, with_seeds=True)
-    pairs = list(s)
-    assert all(isinstance(p, tuple) and len(p) == 2 for p in pairs)
-    assert pairs[0][0] == pairs[1][0] and pairs[0][1] != pairs[1][1]
-    assert len({p[1] for p in pairs}) == len(pairs)
-    assert pairs == list(s)
-
-
-def test_repeated_aug_validates_rank():
-    with pytest.raises(ValueError):
-        RepeatedAugSampler(8, num_replicas=2, rank=2)
-    assert len(RepeatedAugSampler(7, num_replicas=2, rank=1)) == 4
+# ------------------------------------------------------------------------------------- seeding
 
 
 def test_mix_seed_avoids_additive_collisions():
