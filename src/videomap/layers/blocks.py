@@ -7,6 +7,8 @@ to fp32, so the stream never rounds to bf16.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -57,6 +59,13 @@ class MambaLayer(nn.Module):
         self.mixer = BiMamba(dim, d_state=d_state, d_conv=d_conv, expand=expand, dt_rank=dt_rank, merge=merge)
         self.drop_path = DropPath(drop_path)
 
+    @classmethod
+    def from_config(cls, cfg: Any, drop_path: float = 0.0) -> "MambaLayer":
+        """Built from a backbone config's fields (``embed_dim``, ``d_state``, ``d_conv``, ``expand``,
+        ``dt_rank``, ``merge``, ``norm_eps``), e.g. a :class:`~videomap.models.VideoMAPConfig`."""
+        return cls(cfg.embed_dim, d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand, dt_rank=cfg.dt_rank,
+                   merge=cfg.merge, norm_eps=cfg.norm_eps, drop_path=drop_path)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: ``(B, L, D)`` → ``(B, L, D)``."""
         return x + self.drop_path(self.mixer(x, norm=self.norm))
@@ -86,13 +95,21 @@ class TransformerLayer(nn.Module):
         self.ls2 = LayerScale(dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
         self.drop_path = DropPath(drop_path)
 
+    @classmethod
+    def from_config(cls, cfg: Any, drop_path: float = 0.0) -> "TransformerLayer":
+        """Built from a backbone config's fields (``embed_dim``, ``num_heads``, ``mlp_ratio``, ``qkv_bias``,
+        ``layer_scale_init``, ``norm_eps``), e.g. a :class:`~videomap.models.VideoMAPConfig`."""
+        return cls(cfg.embed_dim, cfg.num_heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias,
+                   layer_scale_init=cfg.layer_scale_init, norm_eps=cfg.norm_eps, drop_path=drop_path)
+
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x: ``(B, L, D)`` → ``(B, L, D)``; ``attn_mask`` as in :class:`Attention` (the backbone passes none)."""
         x = x + self.drop_path(self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask)))
         return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
 
 
-# Schedule letter -> layer class. A schedule string such as "MMMMA" * 6 is read through this table only.
+# Schedule letter -> layer class, the one table a schedule string such as "MMMMA" * 6 is read through: the
+# backbone builds layer i as LAYER_TYPES[schedule[i]].from_config(config, drop_path_i).
 LAYER_TYPES: dict[str, type[nn.Module]] = {"M": MambaLayer, "A": TransformerLayer}
 
 

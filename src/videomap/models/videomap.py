@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -17,7 +17,6 @@ from ..layers import (
     MambaLayer,
     PatchEmbed3d,
     RMSNorm,
-    TransformerLayer,
     add_position_embeddings,
     resample_spatial_pos_embed,
     resample_temporal_pos_embed,
@@ -30,28 +29,6 @@ EMBEDDING_PARAMS = ("cls_token", "pos_embed", "temporal_pos_embedding")
 # Mamba keeps its state-space parameters out of weight decay; so do we.
 SSM_NO_DECAY = ("A_log", "A_b_log", "D", "D_b")
 OUTPUT_FORMATS = ("NLC", "NTLC")
-
-
-def _mamba_layer(cfg: VideoMAPConfig, drop_path: float) -> nn.Module:
-    return MambaLayer(
-        cfg.embed_dim, d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand, dt_rank=cfg.dt_rank,
-        merge=cfg.merge, norm_eps=cfg.norm_eps, drop_path=drop_path,
-    )
-
-
-def _transformer_layer(cfg: VideoMAPConfig, drop_path: float) -> nn.Module:
-    return TransformerLayer(
-        cfg.embed_dim, cfg.num_heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias,
-        layer_scale_init=cfg.layer_scale_init, norm_eps=cfg.norm_eps, drop_path=drop_path,
-    )
-
-
-# Schedule letter -> constructor from the config; same keys as layers.LAYER_TYPES.
-LAYER_BUILDERS: dict[str, Callable[[VideoMAPConfig, float], nn.Module]] = {
-    "M": _mamba_layer,
-    "A": _transformer_layer,
-}
-assert set(LAYER_BUILDERS) == set(LAYER_TYPES)
 
 
 class VideoMAP(nn.Module):
@@ -95,7 +72,7 @@ class VideoMAP(nn.Module):
         n = self.num_layers
         drop_paths = [config.drop_path_rate * i / (n - 1) if n > 1 else 0.0 for i in range(n)]
         self.layers = nn.ModuleList(
-            LAYER_BUILDERS[kind](config, drop_paths[i]) for i, kind in enumerate(config.schedule)
+            LAYER_TYPES[kind].from_config(config, drop_paths[i]) for i, kind in enumerate(config.schedule)
         )
         self.norm_f = RMSNorm(dim, eps=config.norm_eps)
         self.head_drop = nn.Dropout(config.drop_rate)

@@ -1,11 +1,11 @@
 """Keep freed CPU memory in the process instead of returning it to the kernel (glibc only).
 
 glibc serves large allocations with fresh ``mmap`` pages and gives them back on free, so every (B, E, L)
-intermediate of a Mamba layer page-faults anew on every call; on the project's machines that cost 0.1–1.3 ms
-per MiB. Raising the mmap threshold only helps up to glibc's 32 MiB ceiling, which a 64-frame sequence's
-(1, 768, 12545) float32 tensors (38 MiB) already exceed, so large allocations are taken from the heap
-instead (``M_MMAP_MAX = 0``) and freed memory is kept for reuse (a high trim threshold). At 64 frames this
-made a Mamba layer 2.5× faster (0.33 → 0.135 s).
+intermediate of a Mamba layer page-faults anew on every call. Raising the mmap threshold only helps up to
+glibc's 32 MiB ceiling, which a 64-frame sequence's (1, 768, 12545) float32 tensors (38 MiB) already
+exceed, so large allocations are taken from the heap instead (``M_MMAP_MAX = 0``) and freed memory is kept
+for reuse (a high trim threshold). What that saves is measured in docs/ops.md ("Dense products and the
+allocator").
 
 It is a process-wide setting, so it is never applied on import. It is applied when it starts to matter: the
 first time a model runs on CPU tensors (:meth:`videomap.models.VideoMAP.forward_tokens` calls

@@ -1,8 +1,7 @@
 """Dense products for the layers, routed through oneDNN for CPU tensors.
 
 torch's CPU wheels send float32 ``matmul``/``linear`` to MKL, whose sgemm runs at roughly half speed on
-CPUs it does not tune for (on the AMD machines this project is measured on: ~100–180 GFLOP/s against
-~350 for oneDNN's inner product on the same two cores; see docs/ops.md). torch also ships oneDNN,
+CPUs it does not tune for (AMD's; the measurements are in docs/ops.md). torch also ships oneDNN,
 reachable through ``torch.ops.mkldnn._linear_pointwise``, the op its own CPU compiler uses for frozen
 linear layers. It accepts strided operands, so a product such as ``W @ x`` with ``x`` a channels-first
 ``(K, L)`` activation is one call with no transposed copy.
@@ -176,7 +175,7 @@ def channels_first_matmul(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor
     # cast by autocast itself, the per-sample oneDNN one would not).
     weight, x = _autocast(weight, x)
     # oneDNN takes one sample per call. A batch of short sequences is many small calls whose fixed cost
-    # outweighs the faster kernel (a batch-16, 64-token training step of the demo's model was 15% slower), so
+    # outweighs the faster kernel (the demo's batch-16, 64-token training step was slower that way), so
     # those go to torch's batched product in one call.
     if not use_onednn(weight, x) or (batch > 1 and length < MIN_PER_SAMPLE_LENGTH):
         return torch.matmul(weight, x)
