@@ -18,7 +18,6 @@ from videomap.train.checkpoint import (
     resolve_resume,
     restore_rng_state,
     save_checkpoint,
-    save_model_dir,
 )
 
 
@@ -117,25 +116,3 @@ def test_rng_states_round_trip(tmp_path):
            torch.randn(2, generator=gens["inner.gen"]))
     assert torch.equal(got[0], expected[0]) and torch.equal(got[4], expected[4])
     assert got[1:4] == expected[1:4]
-
-
-def test_save_model_dir_plain_module(tmp_path):
-    from safetensors.torch import load_file
-
-    m = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3))
-    m[1].weight = m[0].weight  # tied weights share storage, which safetensors refuses unless copied
-    out = save_model_dir(m, tmp_path / "enc", config={"dim": 4})
-    tensors = load_file(out / "model.safetensors")
-    assert set(tensors) == set(m.state_dict())
-    assert all(torch.equal(tensors[k], v) for k, v in m.state_dict().items())
-    assert json.loads((out / "config.json").read_text()) == {"dim": 4}
-
-
-def test_save_model_dir_prefers_save_pretrained(tmp_path):
-    class Pretrained(nn.Linear):
-        def save_pretrained(self, d):
-            (d / "config.json").write_text("{}")
-            (d / "marker").write_text("used")
-
-    out = save_model_dir(Pretrained(2, 2), tmp_path / "m")
-    assert (out / "marker").read_text() == "used"

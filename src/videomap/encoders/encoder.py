@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..models import VideoMAP, create_model, get_model_config, list_models, load_state_dict_into, read_checkpoint
-from ..models.checkpoint import HEAD_KEYS
+from ..models import VideoMAP, create_model, list_models, load_model
+from ..models.weights import CONFIG_NAME
 from .inputs import to_model_input
 
 
@@ -251,27 +251,16 @@ class VideoEncoder(nn.Module):
 # ---------------------------------------------------------------------------------------------- loading
 
 
-def _strip_head(state: dict) -> dict:
-    # An encoder never uses the classifier; dropping it keeps loading quiet about its size.
-    return {k: v for k, v in state.items() if k not in HEAD_KEYS}
-
-
 def load_backbone(path_or_name: str | os.PathLike, model_name: str | None = None, **overrides) -> VideoMAP:
     """A headless, ``dynamic_size`` backbone from a directory, a weights file, a registered name or a hub id
     (see :meth:`VideoEncoder.from_pretrained`)."""
     overrides = {**overrides, "num_classes": 0, "dynamic_size": True}
     path = Path(path_or_name)
     if path.is_dir() or path.is_file():
-        state, saved = read_checkpoint(path)
-        if saved is not None:
-            config = saved.replace(**overrides)
-        elif model_name is not None:
-            config = get_model_config(model_name, **overrides)
-        else:
-            raise ValueError(f"{path} is a bare weights file; pass model_name=<registered architecture>")
-        model = VideoMAP(config)
-        load_state_dict_into(model, _strip_head(state), source=saved)
-        return model
+        if model_name is None and not (path / CONFIG_NAME).is_file():
+            raise ValueError(f"{path} holds weights without a {CONFIG_NAME}; pass model_name=<registered architecture>")
+        # An encoder never uses the classifier; leaving it out keeps loading quiet about its size.
+        return load_model(path, model_name, with_head=False, **overrides)
     name = str(path_or_name)
     if name in list_models():
         warnings.warn(

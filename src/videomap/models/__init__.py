@@ -1,15 +1,17 @@
-"""VideoMAP models: the :class:`VideoMAP` class, its typed config, the registry, and save/load."""
+"""VideoMAP models: the :class:`VideoMAP` class, its typed config, the registry, and the one loader and
+writer of model folders (:func:`load_model`, :func:`save_pretrained`)."""
 
-from .checkpoint import (
+from .config import IMAGENET_MEAN, IMAGENET_STD, VideoMAPConfig
+from .registry import MODEL_CONFIGS, create_model, get_model_config, list_models
+from .videomap import VideoMAP
+from .weights import (
     CheckpointMismatchError,
     LoadReport,
+    load_model,
     load_state_dict_into,
     read_checkpoint,
     save_pretrained,
 )
-from .config import IMAGENET_MEAN, IMAGENET_STD, VideoMAPConfig
-from .registry import MODEL_CONFIGS, create_model, get_model_config, list_models
-from .videomap import VideoMAP
 
 __all__ = [
     "CheckpointMismatchError",
@@ -22,6 +24,7 @@ __all__ = [
     "create_model",
     "get_model_config",
     "list_models",
+    "load_model",
     "load_state_dict_into",
     "read_checkpoint",
     "save_pretrained",

@@ -22,30 +22,29 @@ Pickled checkpoints are opened with ``torch.load(weights_only=True)``; only ``tr
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import re
-import shutil
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..layers import infer_square_grid, resample_spatial_pos_embed
-from .checkpoint import (
+from .config import VideoMAPConfig
+from .registry import MODEL_CONFIGS, get_model_config
+from .videomap import VideoMAP
+from .weights import (
+    CONVERSION_NAME,
     HEAD_KEYS,
     CheckpointMismatchError,
     LoadReport,
     _unwrap,
     key_section,
     load_state_dict_into,
+    save_pretrained,
 )
-from .config import VideoMAPConfig
-from .registry import MODEL_CONFIGS, get_model_config
-from .videomap import VideoMAP
 
 SOURCES = ("videomamba", "videomamba_image", "map")
 # How a Conv2d stem becomes a Conv3d one: spread evenly over the tubelet, or all in its centre frame.
@@ -637,23 +636,13 @@ def _check_options(kind: str, options: dict) -> None:
 
 
 def save_converted(model: VideoMAP, report: ConversionReport, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write the model directory next to its final place, then move it there, so an interrupted conversion
-    never leaves a half-written directory under the requested name."""
+    """Write the model folder with its ``conversion.json`` report; an interrupted conversion never leaves a
+    half-written folder under the requested name (see :func:`~videomap.models.weights.save_pretrained`)."""
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty (pass overwrite=True / --overwrite)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        model.save_pretrained(tmp)
-        (tmp / "conversion.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return save_pretrained(model, out, files={CONVERSION_NAME: report.to_dict()})
 
 
 # ---------------------------------------------------------------------------------------------- command line

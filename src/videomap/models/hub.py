@@ -23,7 +23,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the op
         "videomap.models.hub needs huggingface_hub: pip install 'videomap[hub]' (or pip install huggingface_hub)"
     ) from error
 
-from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, from_pretrained, save_pretrained
+from .weights import CONFIG_NAME, WEIGHTS_NAME, from_pretrained, save_pretrained
 from .videomap import VideoMAP
 
 

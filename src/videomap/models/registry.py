@@ -7,9 +7,9 @@ import fnmatch
 import os
 from typing import Any
 
-from .checkpoint import load_state_dict_into, read_checkpoint
-from .config import ARCHITECTURE_FIELDS, TRAINING_FIELDS, VideoMAPConfig
+from .config import VideoMAPConfig
 from .videomap import VideoMAP
+from .weights import load_model
 
 # name -> overrides of VideoMAPConfig's defaults. A new variant is a new row, never a new class.
 MODEL_CONFIGS: dict[str, dict[str, Any]] = {
@@ -48,22 +48,6 @@ def get_model_config(name: str, **overrides: Any) -> VideoMAPConfig:
     return VideoMAPConfig(name=name, **MODEL_CONFIGS[name]).replace(**overrides)
 
 
-def _config_from_checkpoint(name: str, base: VideoMAPConfig, saved: VideoMAPConfig, explicit: dict) -> VideoMAPConfig:
-    """A saved config, checked against the registry row and with the caller's explicit choices on top."""
-    differs = [
-        f"{f}: checkpoint {getattr(saved, f)!r}, {name} {getattr(base, f)!r}"
-        for f in ARCHITECTURE_FIELDS
-        if f not in explicit and getattr(saved, f) != getattr(base, f)
-    ]
-    if differs:
-        raise ValueError(
-            f"the checkpoint is not a {name}:\n  " + "\n  ".join(differs)
-            + "\nload it with VideoMAP.from_pretrained(path), or pass the matching fields explicitly"
-        )
-    inherited = {f: getattr(base, f) for f in TRAINING_FIELDS}
-    return saved.replace(name=name, **inherited).replace(**explicit)
-
-
 def create_model(
     name: str,
     pretrained: bool = False,
@@ -98,18 +82,6 @@ def create_model(
                        ("drop_path_rate", drop_path_rate)):
         if value is not None:
             explicit[key] = value
-    base = get_model_config(name)
     if checkpoint_path is None:
-        return VideoMAP(base.replace(**explicit))
-
-    state, saved = read_checkpoint(checkpoint_path)
-    if saved is not None:
-        config = _config_from_checkpoint(name, base, saved, explicit)
-    else:
-        if "num_classes" not in explicit and "head.weight" in state:
-            # A bare weights file: keep its classifier unless a different one was asked for.
-            explicit["num_classes"] = state["head.weight"].shape[0]
-        config = base.replace(**explicit)
-    model = VideoMAP(config)
-    load_state_dict_into(model, state, source=saved)
-    return model
+        return VideoMAP(get_model_config(name, **explicit))
+    return load_model(checkpoint_path, name, match_name=True, **explicit)

@@ -309,7 +309,7 @@ class VideoMAP(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write ``config.json`` and ``model.safetensors`` to ``directory`` (created if needed)."""
-        from .checkpoint import save_pretrained
+        from .weights import save_pretrained
 
         save_pretrained(self, directory)
 
@@ -317,7 +317,7 @@ class VideoMAP(nn.Module):
     def from_pretrained(cls, directory: str | os.PathLike, strict: bool = True, **overrides) -> VideoMAP:
         """Rebuild a model saved by :meth:`save_pretrained`; ``overrides`` change config fields (e.g.
         ``num_frames=16`` resamples the temporal embedding, ``num_classes=174`` gives a new head)."""
-        from .checkpoint import from_pretrained
+        from .weights import from_pretrained
 
         return from_pretrained(directory, strict=strict, model_class=cls, **overrides)
 

@@ -22,7 +22,6 @@ from .checkpoint import (
     load_checkpoint,
     resolve_resume,
     save_checkpoint,
-    save_model_dir,
 )
 from .config import (
     Config,
@@ -52,6 +51,6 @@ __all__ = [
     "autocast", "build_lr_fn", "build_optimizer", "checkpoint_path", "confusion_matrix", "cosine",
     "epoch_permutation", "load_checkpoint", "load_config", "mean_class_accuracy", "param_groups",
     "per_class_accuracy", "resolve_resume", "runtime_scope", "sample_seed", "save_checkpoint", "save_config",
-    "save_model_dir", "seed_everything", "select_device", "set_lr", "stand_in_clip", "topk_accuracy",
+    "seed_everything", "select_device", "set_lr", "stand_in_clip", "topk_accuracy",
     "warmup_cosine",
 ]

@@ -81,21 +81,26 @@ class ExportModel(Callback):
     """Save ``select(model)`` as a model folder (``config.json`` + ``model.safetensors``) at the end.
 
     ``select`` picks the part worth keeping, e.g. ``lambda m: m.encoder`` for a pretraining objective, so
-    ``OUTPUT/encoder/`` loads as a backbone. ``every > 0`` also exports every that many steps.
+    ``OUTPUT/encoder/`` loads as a backbone. ``every > 0`` also exports every that many steps. ``files``
+    (name → JSON value, e.g. ``classes.json``) go into the same folder; the folder is written as a whole
+    by :func:`videomap.models.save_pretrained`.
     """
 
     def __init__(self, directory: str | os.PathLike, select: Callable[[nn.Module], nn.Module] = lambda m: m,
-                 every: int = 0, config: Any = None):
+                 every: int = 0, config: Any = None, files: Mapping[str, Any] | None = None):
         self.directory = Path(directory)
         self.select = select
         self.every = int(every)
         self.config = config
+        self.files = dict(files or {})
 
     def _export(self, trainer: "Trainer") -> None:
         if trainer.runtime.is_main:
-            from .checkpoint import save_model_dir
+            from ..models.weights import save_pretrained
+            from .optim import unwrap_model
 
-            save_model_dir(self.select(trainer.model), self.directory, config=self.config)
+            save_pretrained(unwrap_model(self.select(trainer.model)), self.directory, config=self.config,
+                            files=self.files)
         trainer.runtime.barrier()
 
     def on_step_end(self, trainer: "Trainer", metrics: Mapping[str, Any]) -> None:

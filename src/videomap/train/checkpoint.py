@@ -1,4 +1,4 @@
-"""Training checkpoints and model folders, written atomically and read back safely.
+"""Training checkpoints, written atomically and read back safely (model folders: ``videomap.models.save_pretrained``).
 
 A training checkpoint (``OUTPUT/checkpoints/last.pt``) is a dict of plain tensors and Python scalars,
 strings, lists and dicts: model and optimizer state, the step, the position in the data order and every
@@ -12,21 +12,19 @@ a crash or a kill during a save leaves the previous checkpoint intact, never a h
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import os
 import pickle
 import random
-import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..models.weights import atomic_write
 from .optim import unwrap_model
 
 __all__ = [
@@ -41,7 +39,6 @@ __all__ = [
     "find_generators",
     "capture_rng_state",
     "restore_rng_state",
-    "save_model_dir",
 ]
 
 log = logging.getLogger(__name__)
@@ -62,45 +59,6 @@ def checkpoint_path(output_dir: PathLike) -> Path:
 
 
 # ----------------------------------------------------------------------------------------- atomic writes
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable; not every platform can open a directory, which is fine.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
-    """Call ``write(file)`` on a temporary file next to ``path``, fsync it, then rename it over ``path``.
-
-    The temporary file lives in the same folder because ``os.replace`` is only atomic within one file
-    system. On any error the temporary file is removed and ``path`` is left as it was.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-    return path
 
 
 # ------------------------------------------------------------------------------------ plain-data checks
@@ -264,44 +222,3 @@ def restore_rng_state(state: Mapping[str, Any], generators: Mapping[str, torch.G
             g.set_state(saved[name].cpu())
         else:
             log.warning("checkpoint has no state for generator %r; it continues from its current state", name)
-
-
-# ------------------------------------------------------------------------------------------ model folders
-
-
-def _config_dict(model: nn.Module, config: Any) -> dict[str, Any]:
-    cfg = config if config is not None else getattr(model, "config", None)
-    if cfg is None:
-        return {"class": f"{type(model).__module__}.{type(model).__qualname__}"}
-    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
-        return dataclasses.asdict(cfg)
-    if hasattr(cfg, "to_dict"):
-        return dict(cfg.to_dict())
-    if isinstance(cfg, Mapping):
-        return dict(cfg)
-    raise TypeError(f"cannot write a config of type {type(cfg).__name__} to config.json; pass a dict")
-
-
-def save_model_dir(model: nn.Module, directory: PathLike, config: Any = None) -> Path:
-    """Write ``directory/config.json`` + ``directory/model.safetensors`` for ``model``.
-
-    A model with ``save_pretrained(dir)`` (the videomap models) writes its own folder, so the result loads
-    with ``videomap.create_model(..., checkpoint_path=dir)``. Any other module gets its ``state_dict`` as
-    safetensors and ``config`` (a dict or dataclass; default ``model.config``) as JSON. Call it on one rank.
-    """
-    model = unwrap_model(model)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    if callable(getattr(model, "save_pretrained", None)):
-        model.save_pretrained(directory)
-        return directory
-
-    from safetensors.torch import save as safetensors_bytes
-
-    # clone(): safetensors refuses tensors that share storage (tied weights); copies never do.
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    blob = safetensors_bytes(tensors, metadata={"format": "pt"})
-    atomic_write(directory / "model.safetensors", lambda f: f.write(blob))
-    text = json.dumps(_config_dict(model, config), indent=2, sort_keys=True)
-    atomic_write(directory / "config.json", lambda f: f.write(text), mode="w")
-    return directory

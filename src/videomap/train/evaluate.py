@@ -46,7 +46,7 @@ from ..data import (
     skip_failed,
 )
 from ..data.presets import DatasetPreset
-from .checkpoint import atomic_write
+from ..models.weights import CLASSES_NAME, CONFIG_NAME, atomic_write
 from .config import Config, save_config
 from .metrics import confusion_matrix, mean_class_accuracy, per_class_accuracy, to_float, topk_accuracy
 from .runtime import Runtime, runtime_scope
@@ -75,7 +75,7 @@ __all__ = [
 log = logging.getLogger("videomap.train")
 
 #: Class names saved beside ``config.json`` in a model folder (a JSON list, index = label).
-CLASSES_FILE = "classes.json"
+CLASSES_FILE = CLASSES_NAME  # written into every fine-tuned model folder
 
 # Annotation formats that identify a dataset, and so its preset (test views, flip).
 _FORMAT_PRESETS = {"kinetics_csv": "k400", "ssv2": "ssv2", "breakfast": "breakfast", "coin": "coin"}
@@ -156,28 +156,28 @@ def build_test_dataset(cfg: Config, annotations: Annotations, clips: int = 1, cr
 
 
 def load_model(cfg: Config, **overrides: Any) -> nn.Module:
-    """The model in ``model.checkpoint`` at ``data.num_frames`` × ``data.img_size``.
+    """The model in ``model.checkpoint`` at ``data.num_frames`` × ``data.img_size``, through
+    :func:`videomap.models.load_model`.
 
     A folder with ``config.json`` rebuilds exactly the saved architecture; a bare weights file is loaded
     into ``model.name``. Position embeddings are resampled when the data's frames or size differ from the
     checkpoint's. ``model.kwargs`` and ``overrides`` change further config fields.
     """
-    from ..models import VideoMAP, create_model
+    from ..models import load_model as load_saved_model
 
     checkpoint = cfg.model.checkpoint
     if not checkpoint:
         raise ValueError("model.checkpoint is not set: give a model folder (config.json + model.safetensors), "
                          "e.g. a fine-tuning run's best/ folder")
     fields = dict(cfg.model.kwargs, num_frames=cfg.data.num_frames, img_size=cfg.data.img_size, **overrides)
-    path = Path(checkpoint)
-    if (path / "config.json").is_file():
-        saved = json.loads((path / "config.json").read_text())
+    saved_config = Path(checkpoint) / CONFIG_NAME
+    if saved_config.is_file():
+        saved = json.loads(saved_config.read_text())
         if (saved.get("num_frames"), saved.get("img_size")) != (fields["num_frames"], fields["img_size"]):
             log.warning("%s was saved for %s frames of %s px; evaluating at %d frames of %d px resamples its "
                         "position embeddings (set data.num_frames / data.img_size to keep them)", checkpoint,
                         saved.get("num_frames"), saved.get("img_size"), fields["num_frames"], fields["img_size"])
-        return VideoMAP.from_pretrained(path, **fields)
-    return create_model(cfg.model.name, checkpoint_path=path, **fields)
+    return load_saved_model(checkpoint, cfg.model.name, **fields)
 
 
 # ----------------------------------------------------------------------------------------- inference

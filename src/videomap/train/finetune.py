@@ -34,7 +34,6 @@ import copy
 import dataclasses
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -54,21 +53,21 @@ from ..data import (
     smooth_one_hot,
     soft_target_cross_entropy,
 )
+from ..models.weights import CLASSES_NAME, INFO_NAME, atomic_write, save_pretrained
 from .batches import ResumableBatches
 from .callbacks import Callback, ExportModel
-from .checkpoint import atomic_write, save_model_dir
-from .failures import FailureCounter, stand_in_clip
 from .config import Config
 from .evaluate import (
     build_test_dataset,
     dataset_preset,
     read_split,
     run_eval,
-    save_class_names,
     test_views,
     validate,
 )
+from .failures import FailureCounter, stand_in_clip
 from .loop import Trainer
+from .optim import unwrap_model
 from .runtime import Runtime, runtime_scope
 
 __all__ = [
@@ -175,19 +174,17 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
     or sizes are resampled. A folder with ``config.json`` rebuilds its own architecture (``model.name`` is
     then only a label); ``model.kwargs`` are extra config fields either way.
     """
-    from ..models import VideoMAP, create_model
+    from ..models import create_model, load_model
 
     fields = dict(cfg.model.kwargs, num_classes=num_classes, num_frames=cfg.data.num_frames,
                   img_size=cfg.data.img_size, drop_path_rate=cfg.model.drop_path_rate)
     checkpoint = cfg.model.checkpoint
-    if checkpoint and (Path(checkpoint) / "config.json").is_file():
-        model = VideoMAP.from_pretrained(checkpoint, **fields)
-        if model.config.name and model.config.name != cfg.model.name:
-            log.info("model.checkpoint holds a %s; model.name=%s is not used", model.config.name, cfg.model.name)
-        return model
-    if checkpoint:
-        return create_model(cfg.model.name, checkpoint_path=checkpoint, **fields)
-    return create_model(cfg.model.name, pretrained=cfg.model.pretrained, **fields)
+    if not checkpoint:
+        return create_model(cfg.model.name, pretrained=cfg.model.pretrained, **fields)
+    model = load_model(checkpoint, cfg.model.name, **fields)
+    if model.config.name and model.config.name != cfg.model.name:
+        log.info("model.checkpoint holds a %s; model.name=%s is not used", model.config.name, cfg.model.name)
+    return model
 
 
 # ----------------------------------------------------------------------------------------- callbacks
@@ -239,33 +236,6 @@ class ModelEMA(Callback):
         self._restored = True
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
-    # A kill while exporting leaves either the previous best/ or the new one, never half of one.
-    old = final.with_name(final.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    if old.exists():
-        shutil.rmtree(old)
-
-
-def export_model(model: nn.Module, directory: Path, classes: Sequence[str], info: dict | None = None) -> Path:
-    """Write a model folder (``config.json``, ``model.safetensors``, ``classes.json``, optional
-    ``info.json``), replacing ``directory`` atomically. Call it on one rank."""
-    tmp = directory.with_name(directory.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    save_model_dir(model, tmp)
-    save_class_names(tmp, classes)
-    if info is not None:
-        text = json.dumps(info, indent=2) + "\n"
-        atomic_write(tmp / "info.json", lambda f: f.write(text), mode="w")
-    _replace_dir(tmp, directory)
-    return directory
-
-
 class BestCheckpoint(Callback):
     """Keep the model with the best validation ``metric`` in ``directory`` (a ``save_pretrained`` folder).
 
@@ -289,7 +259,8 @@ class BestCheckpoint(Callback):
 
     def _export(self, trainer: Trainer, info: dict) -> None:
         if trainer.runtime.is_main:
-            export_model(self.select(trainer), self.directory, self.classes, info)
+            save_pretrained(unwrap_model(self.select(trainer)), self.directory,
+                            files={CLASSES_NAME: self.classes, INFO_NAME: info})
         trainer.runtime.barrier()
 
     def on_eval_end(self, trainer: Trainer, metrics: Mapping[str, Any]) -> None:
@@ -417,15 +388,14 @@ def run_finetune(cfg: Config, *, runtime: Runtime | None = None, callbacks: Sequ
         judged = (lambda tr: ema.module) if ema is not None else (lambda tr: tr.model)
         out = Path(cfg.train.output_dir)
         best = BestCheckpoint(out / "best", cfg.finetune.best_metric, classes, judged)
-        hooks: list[Callback] = [failures, *([ema] if ema else []), best, ExportModel(out / "final"), *callbacks]
+        final = ExportModel(out / "final", files={CLASSES_NAME: classes})
+        hooks: list[Callback] = [failures, *([ema] if ema else []), best, final, *callbacks]
         eval_fn = (lambda tr: validate(judged(tr), val_set, cfg, tr.runtime)) if val_set is not None else None
 
         trainer = Trainer(model, step, _train_batches(cfg, train_set, rt), cfg, runtime=rt, callbacks=hooks,
                           eval_fn=eval_fn)
         step.trainer = trainer
         result = trainer.fit()
-        if rt.is_main and (out / "final").is_dir():
-            save_class_names(out / "final", classes)
         summary = {
             "output_dir": str(out), "steps": result.step, "epochs": result.epoch, "interrupted": result.interrupted,
             "num_classes": len(classes), "classes": classes, "train_videos": len(records),
