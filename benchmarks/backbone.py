@@ -2,7 +2,7 @@
 
 import sys
 
-from videomap.bench.backbone import main
+from videomap.apps.bench.backbone import main
 
 if __name__ == "__main__":
     sys.exit(main())

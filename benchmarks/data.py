@@ -2,7 +2,7 @@
 
 import sys
 
-from videomap.bench.data import main
+from videomap.apps.bench.data import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,7 +2,7 @@
 
 import sys
 
-from videomap.bench.encoder import main
+from videomap.apps.bench.encoder import main
 
 if __name__ == "__main__":
     sys.exit(main())

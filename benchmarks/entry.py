@@ -2,7 +2,7 @@
 
 import sys
 
-from videomap.bench.entry import main
+from videomap.apps.bench.entry import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,7 +2,7 @@
 
 import sys
 
-from videomap.bench.gpu import main
+from videomap.apps.bench.gpu import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,7 +2,7 @@
 
 import sys
 
-from videomap.bench.roofline import main
+from videomap.apps.bench.roofline import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,7 +2,7 @@
 
 import sys
 
-from videomap.bench.scan import main
+from videomap.apps.bench.scan import main
 
 if __name__ == "__main__":
     sys.exit(main())

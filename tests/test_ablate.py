@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from videomap.ablate import StudyInterrupted, ablate_main, report_study, run_study
-from videomap.ablate.report import paired_delta
-from videomap.ablate.spec import build_cells, cell_id, load_spec, resolve_spec
-from videomap.ablate.study import cell_plan, match_widths
+from videomap.apps.ablate import StudyInterrupted, ablate_main, report_study, run_study
+from videomap.apps.ablate.report import paired_delta
+from videomap.apps.ablate.spec import build_cells, cell_id, load_spec, resolve_spec
+from videomap.apps.ablate.study import cell_plan, match_widths
 from videomap.data.synthetic import FLASH_ORDER_CLASSES, make_flash_order, mnist_digits_file
 from videomap.pretrain.decoder import FrameCausalDecoder
 from videomap.train.config import config_from_dict

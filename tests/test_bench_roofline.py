@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from videomap.bench import roofline
+from videomap.apps.bench import roofline
 
 
 def test_mamba_layer_work_matches_a_hand_count():

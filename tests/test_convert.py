@@ -17,10 +17,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from videomap.apps.convert import convert_main
 from videomap.models import CheckpointMismatchError, VideoMAP, create_model
 from videomap.models.convert import (
     convert_checkpoint,
-    convert_main,
     convert_map,
     convert_videomamba,
     detect_source,

@@ -13,8 +13,8 @@ import pytest
 
 from videomap.data import decode_video
 from videomap.data.synthetic import mnist_digits_file
-from videomap.cli import main as videomap_main
-from videomap.demo import compare_row, demo_main, format_table, verdict
+from videomap.apps.cli import main as videomap_main
+from videomap.apps.demo import compare_row, demo_main, format_table, verdict
 
 pytest.importorskip("av", reason="PyAV (pip install av) is needed to write and read the clips")
 pytest.importorskip("matplotlib", reason="the demo's plots need matplotlib")

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from videomap.bench import encoder as bench
+from videomap.apps.bench import encoder as bench
 
 pytest.importorskip("transformers", reason="the encoder + LLM mode needs transformers")
 

@@ -15,7 +15,7 @@ from test_finetune import CLASSES, save_tiny_model, write_brightness_split
 
 from videomap.data import read_annotations
 from videomap.train import load_config
-from videomap.train.commands import eval_main, extract_main, finetune_main
+from videomap.apps.commands import eval_main, extract_main, finetune_main
 from videomap.train.evaluate import average_views, build_test_dataset, predict, run_eval
 
 pytest.importorskip("av", reason="PyAV (pip install av) is needed to write fixture videos")

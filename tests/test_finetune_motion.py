@@ -60,7 +60,7 @@ MOTION_TRAIN = ["data.num_frames=8", "data.img_size=32", "data.num_workers=1", "
 
 @pytest.mark.slow
 def test_finetune_and_eval_reach_90_percent_on_motion_direction(mnist, tmp_path):
-    from videomap.train.commands import eval_main, finetune_main
+    from videomap.apps.commands import eval_main, finetune_main
 
     data = tmp_path / "digits"
     make_moving_digits(data, 600, 8, 32, seed=0, digits=slice(0, 4000), list_name="train.txt")

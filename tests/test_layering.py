@@ -33,7 +33,7 @@ ALLOWED = {
 
 # Application modules: argument parsing, progress printing and plots for the commands. A library import
 # never needs them.
-APPLICATIONS = ("videomap.cli", "videomap.demo", "videomap.ablate", "videomap.bench", "videomap.train.commands")
+APPLICATIONS = ("videomap.apps",)
 HEAVY_OPTIONALS = ("matplotlib", "transformers", "huggingface_hub", "av")
 
 PROBE = textwrap.dedent("""

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from videomap.bench import backbone as bench
+from videomap.apps.bench import backbone as bench
 
 
 def test_backbone_benchmark_in_process(tmp_path):

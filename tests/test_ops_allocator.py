@@ -43,7 +43,7 @@ def test_the_tuning_can_be_turned_off():
 
 
 def test_entry_benchmark_runs_each_entry():
-    from videomap.bench.entry import run_entry
+    from videomap.apps.bench.entry import run_entry
 
     script = run_entry("script", "videomap_tiny", frames=2, img_size=32, repeats=1)
     untuned = run_entry("untuned", "videomap_tiny", frames=2, img_size=32, repeats=1)

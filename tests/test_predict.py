@@ -14,7 +14,7 @@ import torch
 from conftest import write_video
 from test_finetune import CLASSES, brightness_frames, save_tiny_model
 
-from videomap.train.commands import _split_predict_args, predict_main
+from videomap.apps.commands import _split_predict_args, predict_main
 from videomap.train.prediction import find_videos, top_k
 
 pytest.importorskip("av", reason="PyAV (pip install av) is needed to write fixture videos")

@@ -82,7 +82,7 @@ def measure_configuration(
 
     import torch
 
-    from videomap.bench.common import measure
+    from videomap.apps.bench.common import measure
     from videomap.encoders import VideoEncoder
 
     if mode not in MODES:
@@ -131,7 +131,7 @@ def measure_configuration(
 
 def _run_isolated(config: dict, timeout_s: float | None, env: dict) -> dict:
     """``measure_configuration(**config)`` in a fresh interpreter; failures become ``{"error": ...}``."""
-    cmd = [sys.executable, "-m", "videomap.bench.encoder", "--worker", json.dumps(config)]
+    cmd = [sys.executable, "-m", "videomap.apps.bench.encoder", "--worker", json.dumps(config)]
     keys = {k: config[k] for k in ("model", "frames", "mode", "chunk_frames")}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
@@ -195,7 +195,7 @@ def run_encoder_benchmark(
         ``{"machine", "settings", "results", "largest", "table", "plot"}``; ``largest`` maps
         ``"<label> / <mode>"`` to the largest frame count that fitted (``None`` = not even the first).
     """
-    from videomap.bench.common import machine_summary
+    from videomap.apps.bench.common import machine_summary
 
     log = log or (lambda *_: None)
     env = dict(os.environ)
@@ -278,7 +278,7 @@ def _add_ratios(results: list[dict], baseline: str | None) -> None:
 
 def format_table(results: list[dict], largest: dict, memory_budget_gib: float, baseline: str | None = None) -> str:
     """Markdown: one row per measurement, then the largest frame count that fits, per model and mode."""
-    from videomap.bench.common import markdown_table
+    from videomap.apps.bench.common import markdown_table
 
     headers = ["model", "mode", "frames", "visual tokens", "LLM tokens", "ms", "peak MiB", "total MiB"]
     if baseline:
@@ -376,12 +376,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..ops.allocator import tune_cpu_allocator
+    from videomap.ops.allocator import tune_cpu_allocator
 
     tune_cpu_allocator()  # as the videomap command does, so numbers match it
     args = build_parser().parse_args(argv)
     if args.worker is not None:  # one isolated configuration
-        from .common import run_worker
+        from videomap.apps.bench.common import run_worker
 
         return run_worker(args.worker, measure_configuration)
     from videomap.models import list_models

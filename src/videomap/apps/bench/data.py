@@ -184,7 +184,7 @@ def cpu_name() -> str:
 def run_data_benchmark(args) -> dict:
     import av
 
-    from videomap.bench.common import machine_summary, markdown_table
+    from videomap.apps.bench.common import machine_summary, markdown_table
 
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="videomap_bench_data_"))
     workdir.mkdir(parents=True, exist_ok=True)

@@ -48,7 +48,7 @@ def measure_configuration(
     """
     import torch
 
-    from videomap.bench.common import measure
+    from videomap.apps.bench.common import measure
     from videomap.layers.bimamba import fused_mamba_mode
     from videomap.models import create_model
     from videomap.ops import resolve_backend
@@ -93,7 +93,7 @@ def measure_configuration(
 
 def _run_isolated(config: dict, timeout_s: float | None, env: dict) -> dict:
     """``measure_configuration(**config)`` in a fresh interpreter; errors become ``{"error": ...}``."""
-    cmd = [sys.executable, "-m", "videomap.bench.backbone", "--worker", json.dumps(config)]
+    cmd = [sys.executable, "-m", "videomap.apps.bench.backbone", "--worker", json.dumps(config)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:
@@ -157,7 +157,7 @@ def run_backbone_benchmark(
         "frames_within_budget": {model: frames}}``; each row is :func:`measure_configuration`'s dict plus
         ``"<mode>_time_ratio"``/``"<mode>_memory_ratio"`` to the baseline, or ``{"model", "frames", "error"}``.
     """
-    from videomap.bench.common import machine_summary
+    from videomap.apps.bench.common import machine_summary
 
     log = log or (lambda *_: None)
     env = dict(os.environ)
@@ -279,7 +279,7 @@ def _add_ratios(results: list[dict], modes, baseline: str | None) -> None:
 
 def format_table(results: list[dict], modes=MODES, baseline: str | None = None) -> str:
     """Markdown table: one row per (model, frames); time (ms), peak memory (MiB) and ratios per mode."""
-    from videomap.bench.common import markdown_table
+    from videomap.apps.bench.common import markdown_table
 
     headers = ["model", "frames", "tokens"]
     for mode in modes:
@@ -376,12 +376,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..ops.allocator import tune_cpu_allocator
+    from videomap.ops.allocator import tune_cpu_allocator
 
     tune_cpu_allocator()  # as the videomap command does, so numbers match it
     args = build_parser().parse_args(argv)
     if args.worker is not None:  # one isolated configuration
-        from .common import run_worker
+        from videomap.apps.bench.common import run_worker
 
         return run_worker(args.worker, measure_configuration)
     unknown = [m for m in args.models if not _is_registered(m)]

@@ -14,7 +14,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .spec import sweeps_of
+from videomap.apps.ablate.spec import sweeps_of
 
 __all__ = ["mean_se", "paired_delta", "summarise", "claim_verdicts", "markdown_report", "write_plots"]
 
@@ -282,7 +282,7 @@ def markdown_report(results: Mapping[str, Any]) -> str:
 
 
 def _figure(width: float, height: float):
-    from ..demo import _figure as demo_figure  # the demo's Agg figure: no pyplot state is touched
+    from videomap.apps.demo.report import _figure as demo_figure  # the demo's Agg figure: no pyplot state is touched
 
     return demo_figure(width, height)
 
@@ -354,7 +354,7 @@ def write_plots(out: Path, tables, timing) -> dict[str, str]:
     except ImportError:
         import logging
 
-        logging.getLogger("videomap.ablate").warning(
+        logging.getLogger("videomap.apps.ablate").warning(
             "plots not written: matplotlib is not installed (pip install matplotlib); results.json has every number")
         return {}
     plots = {"sweeps": plot_sweeps(tables, out / "ablation_sweeps.png"),

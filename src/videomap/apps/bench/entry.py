@@ -20,7 +20,7 @@ import os
 import subprocess
 import sys
 
-from .common import machine_summary, markdown_table
+from videomap.apps.bench.common import machine_summary, markdown_table
 
 ENTRIES = ("script", "command", "untuned")
 

@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from ..ops.allocator import release_free_memory
+from videomap.ops.allocator import release_free_memory
 
 
 @dataclass

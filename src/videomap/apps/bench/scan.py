@@ -7,9 +7,9 @@ import argparse
 
 import torch
 
-from ..ops import scan_backend, selective_scan
-from ..ops.backend import unavailable_reason
-from .common import machine_summary, markdown_table, measure
+from videomap.ops import scan_backend, selective_scan
+from videomap.ops.backend import unavailable_reason
+from videomap.apps.bench.common import machine_summary, markdown_table, measure
 
 
 def scan_inputs(batch: int, channels: int, state: int, length: int, device, dtype, seed: int = 0):
@@ -79,7 +79,7 @@ def run_isa_comparison(lengths=(3136,), isas=("avx512", "avx2"), batch=1, channe
     a shared machine falls on all of them alike; medians over all runs. Returns a list of row dicts."""
     from statistics import median
 
-    from ..ops.scan_cpu import kernel_variant
+    from videomap.ops.scan_cpu import kernel_variant
 
     rows = []
     for length in lengths:
@@ -134,7 +134,7 @@ def format_scan_table(rows, batch, channels, state, dtype) -> str:
 
 
 def main(argv=None) -> int:
-    from ..ops.allocator import tune_cpu_allocator
+    from videomap.ops.allocator import tune_cpu_allocator
 
     tune_cpu_allocator()  # as the videomap command does, so numbers match it
     parser = argparse.ArgumentParser(prog="videomap bench scan", description=__doc__)

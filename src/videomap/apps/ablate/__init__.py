@@ -23,12 +23,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from .spec import Cell, StudyError, build_cells, load_spec, resolve_spec
-from .study import StudyInterrupted, run_cells, write_json_atomic
+from videomap.apps.ablate.spec import Cell, StudyError, build_cells, load_spec, resolve_spec
+from videomap.apps.ablate.study import StudyInterrupted, run_cells, write_json_atomic
 
 __all__ = ["Cell", "StudyError", "StudyInterrupted", "run_study", "report_study", "ablate_main", "machine_facts"]
 
-log = logging.getLogger("videomap.ablate")
+log = logging.getLogger("videomap.apps.ablate")
 
 
 def machine_facts() -> dict[str, Any]:
@@ -47,7 +47,7 @@ def machine_facts() -> dict[str, Any]:
 
 
 def _results(spec: Mapping[str, Any], spec_file: str, run: Mapping[str, Any], seconds: float) -> dict[str, Any]:
-    from .report import claim_verdicts, summarise
+    from videomap.apps.ablate.report import claim_verdicts, summarise
 
     tables = summarise(spec, run["cells"])
     total_cell_seconds = sum(c["seconds"] for c in run["cells"])
@@ -61,7 +61,7 @@ def _results(spec: Mapping[str, Any], spec_file: str, run: Mapping[str, Any], se
 
 def write_report(out: Path, results: dict[str, Any]) -> dict[str, Any]:
     """``results.json``, ``results.md`` and the plots (atomically, so a reader never sees half a file)."""
-    from .report import markdown_report, write_plots
+    from videomap.apps.ablate.report import markdown_report, write_plots
 
     results["plots"] = write_plots(out, results["tables"], results["timing"])
     write_json_atomic(out / "results.json", results)
@@ -79,7 +79,7 @@ def run_study(spec_file: str | Path, out: str | Path = "runs/ablate", quick: boo
 
     Raises :class:`StudyInterrupted` after SIGTERM (the finished cells stay on disk; rerun to continue).
     """
-    from ..train.runtime import setup_logging
+    from videomap.train.runtime import setup_logging
 
     setup_logging()
     spec = resolve_spec(load_spec(spec_file), scale=scale, quick=quick)
@@ -94,7 +94,7 @@ def report_study(spec_file: str | Path, out: str | Path = "runs/ablate", quick: 
                  scale: str | None = None) -> dict[str, Any]:
     """Write the report of whatever cells of the study in ``out`` are finished, running none; returns
     ``results.json``. For reading a study that is still running or was stopped."""
-    from .study import finished_cells
+    from videomap.apps.ablate.study import finished_cells
 
     spec = resolve_spec(load_spec(spec_file), scale=scale, quick=quick)
     out = Path(out)

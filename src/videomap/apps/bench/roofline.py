@@ -26,7 +26,7 @@ from typing import Callable
 
 import torch
 
-from .common import markdown_table
+from videomap.apps.bench.common import markdown_table
 
 #: CPU flags that decide which product kernels oneDNN can use.
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
@@ -69,7 +69,7 @@ def cpu_info() -> dict:
 def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
     """Median wall time of ``fn`` in ms over ``repeats`` calls after ``warmup`` untimed ones.
 
-    No peak-memory pass (unlike :func:`videomap.bench.common.measure`): handing freed pages back to the
+    No peak-memory pass (unlike :func:`videomap.apps.bench.common.measure`): handing freed pages back to the
     kernel there would make the first timed call page-fault, which is not the steady state measured here.
     """
     for _ in range(warmup):
@@ -109,7 +109,7 @@ def product_rates(length: int, width: int, dtype: torch.dtype, repeats: int) -> 
     ``E = 2D`` (the Mamba ``in_proj``). bf16 runs under CPU autocast with operands already in bf16, so the
     time is the product itself, not the casts (those are counted where the layers do them).
     """
-    from ..ops.matmul import channels_first_matmul, linear
+    from videomap.ops.matmul import channels_first_matmul, linear
 
     x, w = _rand(length, width, dtype=dtype), _rand(4 * width, width, dtype=dtype)
     h, w_in = _rand(1, width, length, dtype=dtype), _rand(4 * width, width, dtype=dtype)
@@ -357,7 +357,7 @@ def mamba_part_bounds(dim: int, length: int, rates: Rates, dtype: str, d_state: 
 
 def time_model(name: str, frames: int, img_size: int, dtype: str, repeats: int, warmup: int = 1) -> float:
     """Median ms of a whole forward of the registered model ``name`` at ``(1, 3, frames, img, img)``."""
-    from ..models import create_model
+    from videomap.models import create_model
 
     torch.manual_seed(0)
     model = create_model(name, num_frames=frames, img_size=img_size, num_classes=400).eval()
@@ -438,9 +438,9 @@ def _first_layers(model) -> tuple[torch.nn.Module, torch.nn.Module]:
 
 def run_roofline(settings: Settings | None = None, log: Callable[[str], None] | None = print) -> dict:
     """Measure rates, layers and models; return the report dict (see :func:`format_report`)."""
-    from ..models import create_model
-    from ..ops.allocator import tune_cpu_allocator
-    from .common import machine_summary
+    from videomap.models import create_model
+    from videomap.ops.allocator import tune_cpu_allocator
+    from videomap.apps.bench.common import machine_summary
 
     s = settings or Settings()
     log = log or (lambda *_: None)
@@ -536,7 +536,7 @@ def _mamba_breakdown(mamba, cfg, length: int, rates: Rates, log) -> list[dict]:
 
 def _meta_model(name: str, frames: int, img_size: int):
     """The model's structure without weights, for counting its work."""
-    from ..models import create_model
+    from videomap.models import create_model
 
     with torch.device("meta"):
         return create_model(name, num_frames=frames, img_size=img_size, num_classes=400)

@@ -23,7 +23,7 @@ import typing
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .config import Config, ConfigError, apply_overrides, config_from_dict, load_yaml_recipe, parse_overrides
+from videomap.train.config import Config, ConfigError, apply_overrides, config_from_dict, load_yaml_recipe, parse_overrides
 
 __all__ = ["pretrain_main", "finetune_main", "eval_main", "extract_main", "predict_main", "config_help"]
 
@@ -179,9 +179,9 @@ def _with_checkpoint_sizes(cfg: Config, explicit: set[str]) -> Config:
 
 
 def _run(command: str, argv: Sequence[str], job: Callable[[Config, set[str]], object]) -> int:
-    from ..data import AnnotationError
-    from .checkpoint import CheckpointError
-    from .loop import NonFiniteLossError
+    from videomap.data import AnnotationError
+    from videomap.train.checkpoint import CheckpointError
+    from videomap.train.loop import NonFiniteLossError
 
     cfg, explicit, code = _parse(command, argv)
     if cfg is None:
@@ -203,7 +203,7 @@ def _run(command: str, argv: Sequence[str], job: Callable[[Config, set[str]], ob
 def pretrain_main(argv: Sequence[str]) -> int:
     """``videomap pretrain [--config RECIPE] [overrides]``."""
     def job(cfg: Config, explicit: set[str]):
-        from .pretraining import run_pretrain
+        from videomap.train.pretraining import run_pretrain
 
         result = run_pretrain(cfg)
         print(f"videomap pretrain: {result['step']} steps, encoder saved to {result['encoder']}"
@@ -216,7 +216,7 @@ def pretrain_main(argv: Sequence[str]) -> int:
 def finetune_main(argv: Sequence[str]) -> int:
     """``videomap finetune [--config RECIPE] [overrides]``."""
     def job(cfg: Config, explicit: set[str]):
-        from .finetune import run_finetune
+        from videomap.train.finetune import run_finetune
 
         return run_finetune(cfg)
 
@@ -226,7 +226,7 @@ def finetune_main(argv: Sequence[str]) -> int:
 def eval_main(argv: Sequence[str]) -> int:
     """``videomap eval [--config RECIPE] model.checkpoint=DIR data.test=LIST [overrides]``."""
     def job(cfg: Config, explicit: set[str]):
-        from .evaluate import run_eval
+        from videomap.train.evaluate import run_eval
 
         return run_eval(_with_checkpoint_sizes(cfg, explicit))
 
@@ -236,7 +236,7 @@ def eval_main(argv: Sequence[str]) -> int:
 def extract_main(argv: Sequence[str]) -> int:
     """``videomap extract [--config RECIPE] model.checkpoint=DIR data.test=LIST [eval.pool=...] [eval.layer=...]``."""
     def job(cfg: Config, explicit: set[str]):
-        from .extract import run_extract
+        from videomap.train.extract import run_extract
 
         return run_extract(_with_checkpoint_sizes(cfg, explicit))
 
@@ -281,7 +281,7 @@ def predict_main(argv: Sequence[str]) -> int:
     outcome: dict[str, object] = {}
 
     def job(cfg: Config, explicit: set[str]):
-        from .prediction import format_table, run_predict
+        from videomap.train.prediction import format_table, run_predict
 
         result = run_predict(_with_checkpoint_sizes(cfg, explicit), videos, k=k)
         print(format_table(result["predictions"]))

