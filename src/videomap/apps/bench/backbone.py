@@ -10,11 +10,11 @@ next one's peak and a configuration that runs out of memory or time is recorded 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
-from pathlib import Path
+
+from videomap.apps.bench.common import (add_sweep_arguments, frames_axis, pyplot_or_none, run_isolated, save_figure,
+                                         sweep_preamble, write_report)
 
 DEFAULT_MODELS = ("videomap_small", "videomamba_small", "videovit_small")
 DEFAULT_FRAMES = (8, 16, 32, 64)
@@ -91,20 +91,6 @@ def measure_configuration(
     return row
 
 
-def _run_isolated(config: dict, timeout_s: float | None, env: dict) -> dict:
-    """``measure_configuration(**config)`` in a fresh interpreter; errors become ``{"error": ...}``."""
-    cmd = [sys.executable, "-m", "videomap.apps.bench.backbone", "--worker", json.dumps(config)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
-    except subprocess.TimeoutExpired:
-        return {"model": config["model"], "frames": config["frames"], "error": f"timed out after {timeout_s:g} s"}
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
-        return {"model": config["model"], "frames": config["frames"], "error": tail[0][:300]}
-    return json.loads(lines[-1])
-
-
 # ---------------------------------------------------------------------------------------------- the sweep
 
 
@@ -178,7 +164,8 @@ def run_backbone_benchmark(
                           max_seconds=max_seconds, threads=threads, grad_checkpointing=grad_checkpointing)
             log(f"{model} at {n_frames} frames ...")
             if isolate:
-                row = _run_isolated(config, timeout_s, env)
+                row = run_isolated("videomap.apps.bench.backbone", config,
+                                   {"model": config["model"], "frames": config["frames"]}, timeout_s, env)
             else:
                 row = _measure_in_process(config, scan_backend, fused_mamba)
             results.append(row)
@@ -189,10 +176,7 @@ def run_backbone_benchmark(
     if memory_budget_gib and "forward_backward" in modes:
         report["frames_within_budget"] = frames_within_budget(results, memory_budget_gib * 1024)
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps({k: v for k, v in report.items() if k != "table"}, indent=2))
-        (out / "table.md").write_text(f"{report['machine']}\n\n{report['table']}\n")
+        out = write_report(out_dir, report)
         if plot:
             report["plot"] = plot_time_vs_frames(
                 results, modes, out / "time_vs_frames.png", title=report["machine"],
@@ -304,15 +288,8 @@ def format_table(results: list[dict], modes=MODES, baseline: str | None = None) 
 
 def plot_time_vs_frames(results: list[dict], modes, path, title: str = "", xlabel: str = "frames") -> str | None:
     """Line plot of median time against frames, one panel per mode, one line per model (log-log)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        import matplotlib.ticker
-    except ImportError:
-        print("benchmarks/backbone.py: matplotlib is not installed (pip install 'videomap[plot]'); no plot written",
-              file=sys.stderr)
+    plt = pyplot_or_none("benchmarks/backbone.py")
+    if plt is None:
         return None
     fig, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes), 4.2), squeeze=False)
     models = sorted({r["model"] for r in results if "error" not in r})
@@ -323,22 +300,10 @@ def plot_time_vs_frames(results: list[dict], modes, path, title: str = "", xlabe
             if points:
                 xs, ys = zip(*points)
                 ax.plot(xs, ys, marker="o", label=model)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        frames = sorted({r["frames"] for r in results if mode in r})
-        ax.set_xticks(frames, [str(f) for f in frames])
-        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("median time (ms)")
+        frames_axis(ax, sorted({r["frames"] for r in results if mode in r}), "median time (ms)", xlabel)
         ax.set_title(MODE_TITLES[mode])
-        ax.grid(True, which="both", alpha=0.3)
         ax.legend()
-    if title:
-        fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return str(path)
+    return save_figure(fig, plt, path, title)
 
 
 # ---------------------------------------------------------------------------------------------- command line
@@ -349,45 +314,22 @@ def build_parser() -> argparse.ArgumentParser:
         prog="videomap bench backbone",
         description="Forward and forward+backward time and peak memory of whole backbones against frames.",
     )
-    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="registered model names")
-    parser.add_argument("--frames", nargs="+", type=int, default=list(DEFAULT_FRAMES))
-    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--amp", action="store_true", help="bf16 autocast")
-    parser.add_argument("--baseline", default="videovit_small", help="model the ratios are taken against ('' = none)")
-    parser.add_argument("--threads", type=int, default=None)
+    add_sweep_arguments(parser, models=DEFAULT_MODELS, frames=DEFAULT_FRAMES, modes=MODES, device="cpu",
+                        timeout_s=None)
     parser.add_argument("--scan-backend", default=None, choices=["auto", "reference", "cpu", "cuda"])
     parser.add_argument("--fused-mamba", default=None, choices=["1", "xz", "input", "0"],
                         help="the Mamba layer's training path ($VIDEOMAP_FUSED_MAMBA; default: fused, keeping xz)")
     parser.add_argument("--grad-checkpointing", action="store_true", help="checkpoint every layer in training steps")
     parser.add_argument("--memory-budget", type=float, default=16.0,
                         help="GiB: report the largest frame count whose training step fits (0 = no report)")
-    parser.add_argument("--in-process", action="store_true", help="no subprocess per configuration")
-    parser.add_argument("--timeout", type=float, default=None, help="seconds per configuration")
-    parser.add_argument("--max-seconds", type=float, default=None, help="stop repeating after this long")
-    parser.add_argument("--out", default=None, help="directory for results.json, table.md and the PNG plot")
-    parser.add_argument("--no-plot", action="store_true")
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from videomap.ops.allocator import tune_cpu_allocator
-
-    tune_cpu_allocator()  # as the videomap command does, so numbers match it
     args = build_parser().parse_args(argv)
-    if args.worker is not None:  # one isolated configuration
-        from videomap.apps.bench.common import run_worker
-
-        return run_worker(args.worker, measure_configuration)
-    unknown = [m for m in args.models if not _is_registered(m)]
-    if unknown:
-        print(f"unknown model(s) {unknown}", file=sys.stderr)
-        return 2
+    status = sweep_preamble(args, measure_configuration)
+    if status is not None:
+        return status
     run_backbone_benchmark(
         models=args.models, frames=args.frames, modes=args.modes, img_size=args.img_size,
         batch_size=args.batch_size, repeats=args.repeats, warmup=args.warmup, device=args.device, amp=args.amp,
@@ -398,12 +340,6 @@ def main(argv: list[str] | None = None) -> int:
         plot=not args.no_plot,
     )
     return 0
-
-
-def _is_registered(name: str) -> bool:
-    from videomap.models import list_models
-
-    return name in list_models()
 
 
 if __name__ == "__main__":

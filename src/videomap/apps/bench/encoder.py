@@ -15,11 +15,11 @@ of what runs (encoder; encoder, projector and LM); that total is what is compare
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
-from pathlib import Path
+
+from videomap.apps.bench.common import (add_sweep_arguments, frames_axis, pyplot_or_none, run_isolated, save_figure,
+                                         sweep_preamble, write_report)
 
 DEFAULT_MODELS = ("videomap_small", "videovit_small")
 DEFAULT_FRAMES = (8, 16, 32, 64, 128, 256)
@@ -129,24 +129,6 @@ def measure_configuration(
     return row
 
 
-def _run_isolated(config: dict, timeout_s: float | None, env: dict) -> dict:
-    """``measure_configuration(**config)`` in a fresh interpreter; failures become ``{"error": ...}``."""
-    cmd = [sys.executable, "-m", "videomap.apps.bench.encoder", "--worker", json.dumps(config)]
-    keys = {k: config[k] for k in ("model", "frames", "mode", "chunk_frames")}
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
-    except subprocess.TimeoutExpired:
-        return {**keys, "error": f"timed out after {timeout_s:g} s"}
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        text = (proc.stderr or proc.stdout).strip().splitlines()
-        reason = text[-1] if text else f"exit status {proc.returncode}"
-        if proc.returncode in (-9, 137):
-            reason = "killed (out of memory?)"
-        return {**keys, "error": reason[:300]}
-    return json.loads(lines[-1])
-
-
 # ---------------------------------------------------------------------------------------------- the sweep
 
 
@@ -218,7 +200,9 @@ def run_encoder_benchmark(
                               repeats=repeats, warmup=warmup, device=device, amp=amp, chunk_frames=chunk, llm=llm,
                               spatial_stride=spatial_stride, max_seconds=max_seconds, threads=threads)
                 log(f"{key} at {n_frames} frames ...")
-                row = _run_isolated(config, timeout_s, env) if isolate else _measure_in_process(config)
+                row = (run_isolated("videomap.apps.bench.encoder", config,
+                                    {k: config[k] for k in ("model", "frames", "mode", "chunk_frames")}, timeout_s, env)
+                       if isolate else _measure_in_process(config))
                 row["fits"] = "error" not in row and row["total_mib"] <= budget_mib
                 results.append(row)
                 log("  " + _summary(row))
@@ -229,10 +213,7 @@ def run_encoder_benchmark(
     report = {"machine": machine_summary(), "settings": settings, "results": results, "largest": largest,
               "table": format_table(results, largest, memory_budget_gib, baseline), "plot": None}
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps({k: v for k, v in report.items() if k != "table"}, indent=2))
-        (out / "table.md").write_text(f"{report['machine']}\n\n{report['table']}\n")
+        out = write_report(out_dir, report)
         if plot:
             report["plot"] = plot_vs_frames(results, out / "encoder_vs_frames.png", budget_mib,
                                             title=f"{report['machine']}\n{img_size}x{img_size}, batch {batch_size}")
@@ -304,15 +285,8 @@ def format_table(results: list[dict], largest: dict, memory_budget_gib: float, b
 
 def plot_vs_frames(results: list[dict], path, budget_mib: float, title: str = "") -> str | None:
     """Two panels, time and total memory against frames (log-log), one line per model and mode."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        import matplotlib.ticker
-    except ImportError:
-        print("benchmarks/encoder.py: matplotlib is not installed (pip install 'videomap[plot]'); no plot written",
-              file=sys.stderr)
+    plt = pyplot_or_none("benchmarks/encoder.py")
+    if plt is None:
         return None
     fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(11, 4.4))
     series = sorted({(_label(r["model"], r.get("chunk_frames")), r["mode"]) for r in results if "error" not in r})
@@ -326,21 +300,10 @@ def plot_vs_frames(results: list[dict], path, budget_mib: float, title: str = ""
         ax_mem.plot(xs, mems, style, marker="o", label=name)
     ax_mem.axhline(budget_mib, color="gray", linestyle=":", label="budget")
     frames = sorted({r["frames"] for r in results})
-    for ax, ylabel in ((ax_time, "median time (ms)"), (ax_mem, "memory (MiB)")):
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xticks(frames, [str(f) for f in frames])
-        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-        ax.set_xlabel("frames")
-        ax.set_ylabel(ylabel)
-        ax.grid(True, which="both", alpha=0.3)
+    frames_axis(ax_time, frames, "median time (ms)")
+    frames_axis(ax_mem, frames, "memory (MiB)")
     ax_mem.legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return str(path)
+    return save_figure(fig, plt, path, title)
 
 
 # ---------------------------------------------------------------------------------------------- command line
@@ -351,57 +314,27 @@ def build_parser() -> argparse.ArgumentParser:
         prog="videomap bench encoder",
         description="Time and peak memory of the video-LLM encoder (and encoder + projector + LLM) against frames.",
     )
-    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="registered model names")
-    parser.add_argument("--frames", nargs="+", type=int, default=list(DEFAULT_FRAMES), help="ascending frame counts")
-    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    add_sweep_arguments(parser, models=DEFAULT_MODELS, frames=DEFAULT_FRAMES, modes=MODES, device="auto",
+                        timeout_s=900.0)
     parser.add_argument("--memory-budget-gib", type=float, default=16.0)
-    parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
-    parser.add_argument("--amp", action="store_true", help="bf16 autocast")
     parser.add_argument("--chunk-frames", type=int, default=None, help="also measure chunked encoding")
     parser.add_argument("--llm", default="small", help=f"{' or '.join(LLM_PRESETS)} (random), or a local model directory")
     parser.add_argument("--spatial-stride", type=int, default=2, help="token pooling before the projector")
-    parser.add_argument("--baseline", default="videovit_small", help="model the ratios are taken against ('' = none)")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per configuration")
-    parser.add_argument("--max-seconds", type=float, default=None, help="stop repeating after this long")
-    parser.add_argument("--in-process", action="store_true", help="no subprocess per configuration")
-    parser.add_argument("--out", default=None, help="directory for results.json, table.md and the PNG plot")
-    parser.add_argument("--no-plot", action="store_true")
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from videomap.ops.allocator import tune_cpu_allocator
-
-    tune_cpu_allocator()  # as the videomap command does, so numbers match it
     args = build_parser().parse_args(argv)
-    if args.worker is not None:  # one isolated configuration
-        from videomap.apps.bench.common import run_worker
-
-        return run_worker(args.worker, measure_configuration)
-    from videomap.models import list_models
-
-    unknown = [m for m in args.models if m not in list_models()]
-    if unknown:
-        print(f"unknown model(s) {unknown}", file=sys.stderr)
-        return 2
+    status = sweep_preamble(args, measure_configuration)
+    if status is not None:
+        return status
     if sorted(args.frames) != list(args.frames):
         print("--frames must be ascending (the sweep stops at the first one over budget)", file=sys.stderr)
         return 2
-    device = args.device
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     run_encoder_benchmark(
         models=args.models, frames=args.frames, modes=args.modes, memory_budget_gib=args.memory_budget_gib,
         img_size=args.img_size, batch_size=args.batch_size, repeats=args.repeats, warmup=args.warmup,
-        device=device, amp=args.amp, chunk_frames=args.chunk_frames, llm=args.llm,
+        device=args.device, amp=args.amp, chunk_frames=args.chunk_frames, llm=args.llm,
         spatial_stride=args.spatial_stride, baseline=args.baseline or None, threads=args.threads,
         timeout_s=args.timeout, max_seconds=args.max_seconds, isolate=not args.in_process, out_dir=args.out,
         plot=not args.no_plot,
