@@ -475,6 +475,27 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         """Train until ``total_steps`` (continuing from a checkpoint per ``train.resume``)."""
+        self._start()
+        self._open_sinks()
+        interrupted = False
+        try:
+            with self._training_context():
+                for cb in self.callbacks:
+                    cb.on_train_start(self)
+                window = _MetricWindow()
+                while self.step < self.total_steps and not interrupted:
+                    self._step_once(window)
+                    interrupted = self._stopped_here()
+                if not interrupted:
+                    self._finish()
+        finally:
+            self._close_sinks()
+            self._it = None  # releases DataLoader workers
+        return TrainResult(step=self.step, epoch=self.epoch, interrupted=interrupted, metrics=self.last_metrics,
+                           checkpoint=self.checkpoint_file, skipped_steps=self.skipped_steps)
+
+    def _start(self) -> None:
+        """Output folder and config, then the resumed state (or the seed), then one line saying what runs."""
         rt = self.runtime
         setup_logging(rt.rank)
         if rt.is_main:
@@ -491,70 +512,85 @@ class Trainer:
                  type(self.model).__name__, n_params / 1e6, self.total_steps, rt.world_size, rt.device.type,
                  rt.precision, self.output_dir)
 
-        self._open_sinks()
-        interrupted = False
-        try:
-            with contextlib.ExitStack() as stack:
-                stack.enter_context(self._sigterm_saves())
-                if self._bar is not None:
-                    from tqdm.contrib.logging import logging_redirect_tqdm
+    @contextlib.contextmanager
+    def _training_context(self) -> Iterator[None]:
+        """SIGTERM saves and stops; with a progress bar, log lines go above it instead of breaking it."""
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(self._sigterm_saves())
+            if self._bar is not None:
+                from tqdm.contrib.logging import logging_redirect_tqdm
 
-                    # Log lines go above the bar instead of breaking it.
-                    stack.enter_context(logging_redirect_tqdm(loggers=[logging.getLogger("videomap")]))
-                for cb in self.callbacks:
-                    cb.on_train_start(self)
-                window: dict[str, list[torch.Tensor]] = {}
-                t_window, n_window = time.perf_counter(), 0
-                while self.step < self.total_steps:
-                    set_lr(self.optimizer, self.lr_fn(self.step))
-                    metrics = self._train_step()
-                    grad_norm, bad = self._clip_and_check(metrics)
-                    if bad:
-                        self._skip_step(metrics, grad_norm)
-                    else:
-                        self.optimizer.step()
-                        self.optimizer.zero_grad(set_to_none=True)
-                        self.step += 1
-                        self._bad_streak = 0
-                        metrics["grad_norm"] = grad_norm
-                        for k, v in metrics.items():
-                            window.setdefault(k, []).append(v)
-                        n_window += 1
-                        if self._bar is not None:
-                            self._bar.update(1)
-                        for cb in self.callbacks:
-                            cb.on_step_end(self, metrics)
-                        if self.step % max(1, self.tcfg.log_every) == 0 or self.step == self.total_steps:
-                            self._log_window(window, time.perf_counter() - t_window, n_window)
-                            window, t_window, n_window = {}, time.perf_counter(), 0
-                        if self.tcfg.eval_every > 0 and self.step % self.tcfg.eval_every == 0:
-                            self._evaluate()
-                        if self._epoch_pending is not None:
-                            epoch, self._epoch_pending = self._epoch_pending, None
-                            if self.tcfg.eval_every <= 0:
-                                self._evaluate()
-                            for cb in self.callbacks:
-                                cb.on_epoch_end(self, epoch)
-                        if (self.tcfg.save_every > 0 and self.step % self.tcfg.save_every == 0
-                                and self.step < self.total_steps):
-                            self.save_checkpoint()
-                    # Under DDP every rank must take the same decision, so only the all-reduced flag counts
-                    # there; a request made during this step's callbacks takes effect after the next step.
-                    stop = self._stop_agreed if rt.distributed else self._stop
-                    if stop and self.step < self.total_steps:
-                        path = self.save_checkpoint()
-                        log.warning("stopped at step %d; checkpoint saved to %s (train.resume=auto continues)",
-                                    self.step, path)
-                        interrupted = True
-                        break
-                if not interrupted:
-                    self._evaluate()
-                    for cb in self.callbacks:
-                        cb.on_train_end(self)
-                    path = self.save_checkpoint()
-                    log.info("finished %d steps; checkpoint %s", self.step, path)
-        finally:
-            self._close_sinks()
-            self._it = None  # releases DataLoader workers
-        return TrainResult(step=self.step, epoch=self.epoch, interrupted=interrupted, metrics=self.last_metrics,
-                           checkpoint=self.checkpoint_file, skipped_steps=self.skipped_steps)
+                stack.enter_context(logging_redirect_tqdm(loggers=[logging.getLogger("videomap")]))
+            yield
+
+    def _step_once(self, window: "_MetricWindow") -> None:
+        """One optimizer step (or a skipped one, on a non-finite loss or gradient) and what follows it."""
+        set_lr(self.optimizer, self.lr_fn(self.step))
+        metrics = self._train_step()
+        grad_norm, bad = self._clip_and_check(metrics)
+        if bad:
+            self._skip_step(metrics, grad_norm)
+            return
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self._bad_streak = 0
+        metrics["grad_norm"] = grad_norm
+        window.add(metrics)
+        if self._bar is not None:
+            self._bar.update(1)
+        for cb in self.callbacks:
+            cb.on_step_end(self, metrics)
+        self._after_step(window)
+
+    def _after_step(self, window: "_MetricWindow") -> None:
+        """The periodic work at a step boundary: the log line, evaluation, epoch end, the checkpoint."""
+        if self.step % max(1, self.tcfg.log_every) == 0 or self.step == self.total_steps:
+            self._log_window(window.values, time.perf_counter() - window.start, window.steps)
+            window.reset()
+        if self.tcfg.eval_every > 0 and self.step % self.tcfg.eval_every == 0:
+            self._evaluate()
+        if self._epoch_pending is not None:
+            epoch, self._epoch_pending = self._epoch_pending, None
+            if self.tcfg.eval_every <= 0:
+                self._evaluate()
+            for cb in self.callbacks:
+                cb.on_epoch_end(self, epoch)
+        if self.tcfg.save_every > 0 and self.step % self.tcfg.save_every == 0 and self.step < self.total_steps:
+            self.save_checkpoint()
+
+    def _stopped_here(self) -> bool:
+        """Save and report a requested stop (SIGTERM, :meth:`request_stop`); ``True`` when training stops."""
+        # Under DDP every rank must take the same decision, so only the all-reduced flag counts there; a
+        # request made during this step's callbacks takes effect after the next step.
+        stop = self._stop_agreed if self.runtime.distributed else self._stop
+        if not stop or self.step >= self.total_steps:
+            return False
+        path = self.save_checkpoint()
+        log.warning("stopped at step %d; checkpoint saved to %s (train.resume=auto continues)", self.step, path)
+        return True
+
+    def _finish(self) -> None:
+        """The last evaluation, the callbacks' ``on_train_end`` and the final checkpoint."""
+        self._evaluate()
+        for cb in self.callbacks:
+            cb.on_train_end(self)
+        path = self.save_checkpoint()
+        log.info("finished %d steps; checkpoint %s", self.step, path)
+
+
+class _MetricWindow:
+    """The metrics of the steps since the last log line (tensors, averaged when the line is written)."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.values: dict[str, list[torch.Tensor]] = {}
+        self.start = time.perf_counter()
+        self.steps = 0
+
+    def add(self, metrics: Mapping[str, torch.Tensor]) -> None:
+        for k, v in metrics.items():
+            self.values.setdefault(k, []).append(v)
+        self.steps += 1
