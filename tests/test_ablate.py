@@ -149,7 +149,7 @@ def test_decoder_causal_is_a_pretrain_config_key():
     assert pretrainer.decoder.causal is False
     out = pretrainer(torch.randn(2, 3, 4, 32, 32), generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(out["loss"])
-    from videomap.train.pretraining import build_pretrainer
+    from videomap.train.pretrain_run import build_pretrainer
 
     cfg = config_from_dict({"model": {"name": "videomap_tiny", "kwargs": {"embed_dim": 16, "schedule": "MA",
                                                                           "num_heads": 2}},

@@ -14,7 +14,7 @@ from conftest import write_video
 from videomap import create_model
 from videomap.train.checkpoint import load_checkpoint
 from videomap.train.config import load_config
-from videomap.train.pretraining import run_pretrain
+from videomap.train.pretrain_run import run_pretrain
 
 pytest.importorskip("av")
 

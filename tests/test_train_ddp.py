@@ -96,7 +96,7 @@ def _worker(rank: int, world_size: int, port: int, command: str, overrides: list
 
         run_finetune(cfg, callbacks=[SaveStart(folder)])
     else:
-        from videomap.train.pretraining import run_pretrain
+        from videomap.train.pretrain_run import run_pretrain
 
         run_pretrain(cfg, callbacks=[SaveStart(folder)])
 
@@ -177,7 +177,7 @@ def test_gradient_is_the_mean_over_the_clips_that_decoded_on_any_rank(finetune_r
 
 
 def test_pretraining_gradient_is_the_mean_over_the_clips_that_decoded(pretrain_run):
-    from videomap.train.pretraining import build_pretrain_dataset, build_pretrainer
+    from videomap.train.pretrain_run import build_pretrain_dataset, build_pretrainer
 
     folder, overrides, rank0 = pretrain_run
     cfg = load_config(None, overrides)

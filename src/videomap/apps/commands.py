@@ -203,7 +203,7 @@ def _run(command: str, argv: Sequence[str], job: Callable[[Config, set[str]], ob
 def pretrain_main(argv: Sequence[str]) -> int:
     """``videomap pretrain [--config RECIPE] [overrides]``."""
     def job(cfg: Config, explicit: set[str]):
-        from videomap.train.pretraining import run_pretrain
+        from videomap.train.pretrain_run import run_pretrain
 
         result = run_pretrain(cfg)
         print(f"videomap pretrain: {result['step']} steps, encoder saved to {result['encoder']}"

@@ -152,6 +152,16 @@ class ResumableBatches:
         self.pin_memory = pin_memory
         self.prefetch_factor = prefetch_factor
 
+    @classmethod
+    def for_run(cls, dataset: Dataset, cfg: Any, runtime: Any,
+                collate_fn: Callable[[list[Any]], Any] | None = None) -> "ResumableBatches":
+        """A training run's batches: ``train.batch_size`` (global) and ``train.seed``, this runtime's shard,
+        every sample's seed in its key, ``data.num_workers`` loader processes. Pretraining and fine-tuning
+        both read their clips this way."""
+        return cls(dataset, cfg.train.batch_size, seed=cfg.train.seed, rank=runtime.rank,
+                   world_size=runtime.world_size, seed_keys=True, collate_fn=collate_fn,
+                   num_workers=cfg.data.num_workers)
+
     def __len__(self) -> int:
         return len(self.dataset) // self.batch_size  # type: ignore[arg-type]
 

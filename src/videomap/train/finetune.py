@@ -355,10 +355,7 @@ def _resolved_config(cfg: Config, num_classes: int) -> Config:
 def _train_batches(cfg: Config, dataset: VideoClassificationDataset, runtime: Runtime) -> ResumableBatches:
     repeats = cfg.finetune.repeated_aug
     data = RepeatedClips(dataset, repeats) if repeats > 1 else dataset
-    return ResumableBatches(data, cfg.train.batch_size, seed=cfg.train.seed, rank=runtime.rank,
-                            world_size=runtime.world_size, seed_keys=True,
-                            collate_fn=collate_repeated if repeats > 1 else collate_videos,
-                            num_workers=cfg.data.num_workers)
+    return ResumableBatches.for_run(data, cfg, runtime, collate_fn=collate_repeated if repeats > 1 else collate_videos)
 
 
 def run_finetune(cfg: Config, *, runtime: Runtime | None = None, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:

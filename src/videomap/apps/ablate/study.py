@@ -258,7 +258,7 @@ def _objective_config(cfg, cell: Cell):
 
 def run_pretraining(out: Path, cell: Cell, plan: DemoPlan, lists: Mapping[str, Any], device: str) -> dict[str, Any]:
     """The cell's pretraining run, done once and shared by every cell that fine-tunes from it."""
-    from videomap.train.pretraining import run_pretrain
+    from videomap.train.pretrain_run import run_pretrain
 
     run_dir = out / "pretrain" / pretrain_key(cell)
     done = read_json(run_dir / "result.json")

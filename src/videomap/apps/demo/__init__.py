@@ -12,7 +12,7 @@ The whole experiment runs on real pixels and needs no download beyond the packag
    plentiful and labels are not.
 3. **Pretraining.** A reduced ``videomap_tiny`` (the same 4:1 Mamba/attention layer pattern, narrower and
    shallower so that the experiment fits a 2-core CPU) trained with the frame-wise objective
-   (:func:`videomap.train.pretraining.run_pretrain`), its outputs for frame t regressing the hidden patches
+   (:func:`videomap.train.pretrain_run.run_pretrain`), its outputs for frame t regressing the hidden patches
    of frame t + 1.
 4. **Fine-tuning.** For each labelled fraction, the pretrained encoder and the same architecture from
    scratch are fine-tuned on the same labelled clips with the same steps and optimiser

@@ -27,7 +27,7 @@ def save_reconstructions(cfg: Config, clips: Sequence[Path], path: Path, seed: i
     from videomap.data.transforms import VideoTestTransform
     from videomap.pretrain import reconstruction_grid, save_png
     from videomap.train.checkpoint import checkpoint_path, load_checkpoint
-    from videomap.train.pretraining import build_pretrainer
+    from videomap.train.pretrain_run import build_pretrainer
 
     model = build_pretrainer(cfg)
     model.load_state_dict(load_checkpoint(checkpoint_path(cfg.train.output_dir))["model"])

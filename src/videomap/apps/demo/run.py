@@ -148,7 +148,7 @@ def _picture_clips(lists: dict[str, Any]) -> list[Path]:
 
 
 def _pretrain(plan: DemoPlan, lists: dict[str, Any], out: Path, seed: int, device: str) -> dict[str, Any]:
-    from videomap.train.pretraining import run_pretrain
+    from videomap.train.pretrain_run import run_pretrain
 
     cfg = pretrain_config(plan, lists["pretrain"], out / "pretrain", seed, device)
     result = run_pretrain(cfg)

@@ -106,9 +106,7 @@ def run_pretrain(cfg: Config, *, runtime: Runtime | None = None, callbacks: Sequ
         # Masks come from a generator owned by the objective, so the Trainer checkpoints its state with the run.
         pretrainer.mask_generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + rt.rank)
         failures = FailureCounter(context="pretraining")
-        batches = ResumableBatches(dataset, cfg.train.batch_size, seed=cfg.train.seed, rank=rt.rank,
-                                   world_size=rt.world_size, seed_keys=True, collate_fn=collate_videos,
-                                   num_workers=cfg.data.num_workers)
+        batches = ResumableBatches.for_run(dataset, cfg, rt, collate_fn=collate_videos)
 
         def step(model, batch):
             failures.record(batch["failed"])
