@@ -2,7 +2,8 @@
 
 The extension also carries the depthwise causal convolution used in front of the scan
 (``csrc/causal_conv_cpu.cpp``, see :mod:`videomap.ops.causal_conv`). The scan kernel
-(``csrc/selective_scan_cpu.cpp``) has the semantics of :mod:`videomap.ops.scan_reference` and is
+(``csrc/selective_scan_cpu.cpp``: the host side; ``scan_kernel.h``: the forward and backward template;
+``scan_simd.h``: the vector types; ``bindings.cpp``: the Python module) has the semantics of :mod:`videomap.ops.scan_reference` and is
 differentiable with respect to every tensor input and to the returned last state. It is compiled once per
 source, instruction-set variant, compiler flags, CPU and torch version, and cached in torch's extension
 directory (``$TORCH_EXTENSIONS_DIR`` to move it).
@@ -39,7 +40,9 @@ log = logging.getLogger("videomap.ops")
 
 _CSRC = Path(__file__).resolve().parent / "csrc"
 # One extension holds every CPU kernel: the scan and the causal conv in front of it.
-_SOURCES = (_CSRC / "selective_scan_cpu.cpp", _CSRC / "causal_conv_cpu.cpp")
+_SOURCES = (_CSRC / "selective_scan_cpu.cpp", _CSRC / "causal_conv_cpu.cpp", _CSRC / "bindings.cpp")
+# Included by the sources; hashed with them, so that a change to any of them builds afresh.
+_HEADERS = (_CSRC / "scan_simd.h", _CSRC / "scan_kernel.h", _CSRC / "scan_host.h")
 _BASE_CFLAGS = ["-O3", "-ffp-contract=fast", "-fno-trapping-math"]
 # at::parallel_for is an inline `#pragma omp parallel` (torch's CPU wheels use the OpenMP backend), compiled
 # into this extension: without -fopenmp it silently runs on one thread. The extension then shares torch's
@@ -110,7 +113,8 @@ def _extension_name(isa: str, flags: list[str]) -> str:
     """A name per variant, source, flags, CPU and torch version, so that a change of any of them builds
     afresh and variants never share a cache entry."""
     digest = hashlib.sha256()
-    for part in (*(source.read_bytes() for source in _SOURCES), " ".join(flags).encode(), _cpu_signature().encode(),
+    files = (*_SOURCES, *_HEADERS)
+    for part in (*(f.read_bytes() for f in files), " ".join(flags).encode(), _cpu_signature().encode(),
                  torch.__version__.encode()):
         digest.update(part)
         digest.update(b"\0")
@@ -162,7 +166,7 @@ def _clear_dead_build(name: str) -> None:
 def _build(verbose: bool, isa: str | None = None):
     from torch.utils.cpp_extension import load
 
-    missing = [str(source) for source in _SOURCES if not source.is_file()]
+    missing = [str(source) for source in (*_SOURCES, *_HEADERS) if not source.is_file()]
     if missing:
         raise RuntimeError(f"the kernel sources {missing} are missing from the installation")
     isa = isa or requested_isa()

@@ -1,0 +1,27 @@
+// The host entry points of the CPU selective scan, for the Python bindings (bindings.cpp).
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <torch/extension.h>
+
+namespace videomap_scan {
+
+std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
+                                 const at::Tensor& B, const at::Tensor& C, const std::optional<at::Tensor>& D,
+                                 const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& bias,
+                                 const std::optional<at::Tensor>& init, bool softplus, bool save_checkpoints,
+                                 bool reverse, const std::optional<at::Tensor>& out_buffer, double scale,
+                                 bool accumulate);
+std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
+                                 const at::Tensor& B, const at::Tensor& C, const std::optional<at::Tensor>& D,
+                                 const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& bias,
+                                 const at::Tensor& ckpt, const std::optional<at::Tensor>& dout,
+                                 const std::optional<at::Tensor>& dlast, bool softplus, bool want_dB, bool want_dC,
+                                 bool want_dinit, bool want_out, bool reverse);
+bool has_avx512();
+std::string isa();
+
+}  // namespace videomap_scan
