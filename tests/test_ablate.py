@@ -46,12 +46,18 @@ def test_the_cpu_grid_is_one_factor_at_a_time_around_the_base_cell():
     assert len(ids) == len(set(ids)), "a cell shared by two sweeps must run once"
     base = {k: spec["base"][k] for k in ("task", "schedule", "objective", "masking", "width")}
     per_seed = [c for c in cells if c.seed == seeds[0]]
-    # Every non-base level differs from the base cell in one factor only (the label sweep also in the start).
+    # Every non-base level differs from the base cell in one factor only (the label sweep also in the start),
+    # except the scaling sweep, which grows the schedule sweep's pure-Mamba level as `width` grows the base.
+    scaling = {"schedule": "pure_mamba"}
     for c in per_seed:
         if c.task == "order":
             continue
-        differs = [k for k, v in base.items() if getattr(c, k) != v and not (k == "masking" and c.objective == "none")]
+        centre = {**base, **scaling} if c.schedule == scaling["schedule"] and c.width != base["width"] else base
+        differs = [k for k, v in centre.items()
+                   if getattr(c, k) != v and not (k == "masking" and c.objective == "none")]
         assert len(differs) <= 1, (c, differs)
+    grown = {c.schedule for c in per_seed if c.width != base["width"]}
+    assert grown == {base["schedule"], scaling["schedule"]}  # both the hybrid and pure Mamba are grown
     assert {c.schedule for c in per_seed} == set(spec["schedules"])
     assert {c.objective for c in per_seed} == {"mar_next", "mar_same", "mae", "none"}
     assert {c.label_fraction for c in per_seed if c.task == "direction"} >= set(spec["label_fractions"])
