@@ -7,14 +7,16 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
-from videomap.apps.ablate import StudyInterrupted, ablate_main, report_study, run_study
+from videomap.apps.ablate import StudyError, StudyInterrupted, ablate_main, report_study, run_study
 from videomap.apps.ablate.report import paired_delta
 from videomap.apps.ablate.spec import build_cells, cell_id, load_spec, resolve_spec
 from videomap.apps.ablate.study import cell_plan, match_widths
@@ -252,3 +254,66 @@ def test_a_stopped_study_resumes_cell_by_cell(quick_study, tmp_path):
     again: list[str] = []
     run_study(STUDY, tmp_path, quick=True, device="cpu", on_cell_done=lambda c, r: again.append(r["id"]))
     assert again == []
+
+
+def test_two_jobs_give_the_cells_of_one_and_resume_after_sigterm(quick_study, tmp_path):
+    """Cells run side by side in worker processes compute what the one-process study does; a SIGTERM to the
+    study stops its workers and a rerun does only the cells that were not finished."""
+    out, uninterrupted = quick_study
+    first: list[str] = []
+
+    def stop_after_first(cell, result):
+        first.append(result["id"])
+        os.kill(os.getpid(), signal.SIGTERM)  # reaches the study's process; it passes the signal on
+
+    with pytest.raises(StudyInterrupted):
+        run_study(STUDY, tmp_path, quick=True, device="cpu", jobs=2, on_cell_done=stop_after_first)
+    finished = {p.stem for p in (tmp_path / "cells").glob("*.json")}
+    assert first and set(first) <= finished and len(finished) < uninterrupted["cells_total"]
+    assert not (tmp_path / "errors").exists()  # a stopped worker is not a failed one
+
+    rerun: list[str] = []
+    resumed = run_study(STUDY, tmp_path, quick=True, device="cpu", jobs=2,
+                        on_cell_done=lambda c, r: rerun.append(r["id"]))
+    assert not finished & set(rerun) and len(rerun) == resumed["cells_total"] - len(finished)
+    assert _comparable(resumed["cells"]) == _comparable(uninterrupted["cells"])
+    assert resumed["seconds"]["jobs"] == 2 and "2 run(s) at a time" in (tmp_path / "results.md").read_text()
+
+
+def test_a_cell_whose_settings_changed_runs_again(quick_study, tmp_path):
+    """Resume keeps a finished cell only while the file still gives it the settings it ran with."""
+    out, uninterrupted = quick_study
+    shutil.copytree(out, tmp_path / "study")
+    raw = load_spec(STUDY)
+    raw["quick"]["tasks"]["order"]["budget"]["finetune_steps"] += 2  # a longer budget for the order task only
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump(raw))
+    pretrain_results = {p: p.read_text() for p in (tmp_path / "study" / "pretrain").rglob("result.json")}
+
+    rerun: list[str] = []
+    results = run_study(edited, tmp_path / "study", quick=True, device="cpu",
+                        on_cell_done=lambda c, r: rerun.append(r["id"]))
+    order_cells = [c["id"] for c in uninterrupted["cells"] if c["task"] == "order"]
+    assert order_cells and sorted(rerun) == sorted(order_cells)
+    assert {p: p.read_text() for p in pretrain_results} == pretrain_results  # the pretraining runs were kept
+    assert results["cells_finished"] == results["cells_total"]
+
+    # And the original file again: the order cells' results are stale once more, the others still current.
+    again: list[str] = []
+    run_study(STUDY, tmp_path / "study", quick=True, device="cpu", on_cell_done=lambda c, r: again.append(r["id"]))
+    assert sorted(again) == sorted(order_cells)
+
+
+def test_a_failing_worker_stops_the_study_with_its_error(tmp_path):
+    """A cell that cannot run in a worker is reported with its own message and the path of its traceback."""
+    _needs_data()
+    raw = load_spec(STUDY)
+    # On the two-class order task, 1% of the labels is 2 clips, fewer than one batch: a StudyError in the cell.
+    raw["quick"]["sweeps"] = [{"name": "schedule", "vary": "schedule"},
+                              {"name": "order", "vary": "schedule", "task": "order", "objective": "none",
+                               "label_fraction": 0.01}]
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump(raw))
+    with pytest.raises(StudyError, match=r"label fraction 0\.01 .*full traceback in .*errors"):
+        run_study(edited, tmp_path / "study", quick=True, device="cpu", jobs=2)
+    assert not (tmp_path / "study" / "results.json").exists()

@@ -7,9 +7,11 @@ pretraining help most with few labels, (4) does the encoder take longer videos. 
 one-factor-at-a-time grid (:mod:`.spec`), resumably (:mod:`.study`), and writes ``results.json``,
 ``results.md`` and plots (:mod:`.report`) in the output folder::
 
-    videomap ablate configs/ablate/cpu.yaml [--quick] [--scale gpu] [--out runs/ablate] [--device auto]
+    videomap ablate configs/ablate/cpu.yaml [--quick] [--scale gpu] [--out runs/ablate] [--device auto] [--jobs N]
 
-A rerun with the same arguments skips every finished cell; after SIGTERM it continues where it stopped.
+A rerun with the same arguments skips every finished cell whose settings the file still gives it; after
+SIGTERM it continues where it stopped. ``--jobs N`` (or the file's ``jobs``) runs N cells at a time, each in
+its own process (:mod:`.workers`).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def _results(spec: Mapping[str, Any], spec_file: str, run: Mapping[str, Any], se
             "machine": machine_facts(), "widths": run["widths"], "tables": tables,
             "verdicts": claim_verdicts(tables, run["timing"]), "timing": run["timing"], "cells": run["cells"],
             "seconds": {"this_invocation": round(seconds, 1), "cells_run_now": run["cells_run_now"],
-                        "sum_over_cells": round(total_cell_seconds, 1)}}
+                        "sum_over_cells": round(total_cell_seconds, 1), "jobs": run["jobs"]}}
 
 
 def write_report(out: Path, results: dict[str, Any]) -> dict[str, Any]:
@@ -74,8 +76,11 @@ def write_report(out: Path, results: dict[str, Any]) -> dict[str, Any]:
 
 def run_study(spec_file: str | Path, out: str | Path = "runs/ablate", quick: bool = False, scale: str | None = None,
               device: str = "auto",
-              on_cell_done: Callable[[Cell, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+              on_cell_done: Callable[[Cell, dict[str, Any]], None] | None = None,
+              jobs: int | None = None) -> dict[str, Any]:
     """Run (or continue) the study of ``spec_file`` into ``out`` and write its report; returns ``results.json``.
+
+    ``jobs``: cells run at a time (default: the file's ``jobs``, else 1).
 
     Raises :class:`StudyInterrupted` after SIGTERM (the finished cells stay on disk; rerun to continue).
     """
@@ -86,7 +91,7 @@ def run_study(spec_file: str | Path, out: str | Path = "runs/ablate", quick: boo
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    run = run_cells(out, spec, device=device, on_cell_done=on_cell_done)
+    run = run_cells(out, spec, device=device, on_cell_done=on_cell_done, jobs=jobs)
     return write_report(out, _results(spec, str(spec_file), run, time.perf_counter() - started))
 
 
@@ -104,7 +109,7 @@ def report_study(spec_file: str | Path, out: str | Path = "runs/ablate", quick: 
 
 
 def ablate_main(argv: Sequence[str] | None = None) -> int:
-    """``videomap ablate CONFIG.yaml [--quick] [--scale NAME] [--out DIR] [--device D]``; the exit code is 0
+    """``videomap ablate CONFIG.yaml [--quick] [--scale NAME] [--out DIR] [--device D] [--jobs N]``; the exit code is 0
     when the study is complete, 2 when SIGTERM stopped it (rerun to continue), 1 when it cannot run."""
     parser = argparse.ArgumentParser(
         prog="videomap ablate",
@@ -115,6 +120,8 @@ def ablate_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scale", default=None, help="a section of the file's 'scale:' (e.g. gpu) applied on top")
     parser.add_argument("--out", default="runs/ablate", help="output folder (default: runs/ablate)")
     parser.add_argument("--device", default=None, help="auto, cpu or cuda (default: the file's 'device')")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="cells run at a time, each in its own process (default: the file's 'jobs', else 1)")
     parser.add_argument("--report", action="store_true",
                         help="only write the report of the cells already finished in --out (runs nothing)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -123,7 +130,8 @@ def ablate_main(argv: Sequence[str] | None = None) -> int:
             results = report_study(args.config, args.out, quick=args.quick, scale=args.scale)
         else:
             device = args.device or str(load_spec(args.config).get("device", "auto"))
-            results = run_study(args.config, args.out, quick=args.quick, scale=args.scale, device=device)
+            results = run_study(args.config, args.out, quick=args.quick, scale=args.scale, device=device,
+                                jobs=args.jobs)
     except StudyInterrupted as stopped:
         print(f"videomap ablate: {stopped}; finished cells are kept in {args.out}, rerun the same command to "
               f"continue", file=sys.stderr)

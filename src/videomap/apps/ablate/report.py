@@ -265,7 +265,8 @@ def markdown_report(results: Mapping[str, Any]) -> str:
              f"{results['cells_finished']} of {results['cells_total']} cells finished, seeds "
              f"{', '.join(map(str, results['seeds']))}; machine: {results['machine']['cpu']}, "
              f"torch {results['machine']['torch']}, "
-             f"{results['spec'].get('threads') or results['machine']['threads']} torch thread(s) per run.", "",
+             f"{results['spec'].get('threads') or results['machine']['threads']} torch thread(s) per run, "
+             f"{results['seconds'].get('jobs') or 1} run(s) at a time.", "",
              "| claim | verdict | evidence |", "|---|---|---|"]
     for number, v in sorted(results["verdicts"].items(), key=lambda kv: int(kv[0])):
         lines.append(f"| ({number}) {v['claim']} | **{v['verdict']}** | {'; '.join(v['evidence']) or '–'} |")

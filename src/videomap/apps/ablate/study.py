@@ -1,8 +1,9 @@
 """Running the study: data per task and seed, shared pretraining runs, one fine-tuning run per cell.
 
 Every finished piece writes a JSON file atomically (``data/…/ready.json``, ``pretrain/…/result.json``,
-``cells/<id>.json``, ``timing.json``); a rerun skips what has its file and redoes, from the start, anything that
-was cut short. SIGTERM stops the study cleanly: a training run in progress saves and returns (the Trainer's
+``cells/<id>.json``, ``timing.json``) holding a fingerprint of the settings it ran with; a rerun skips what has
+its file with the same fingerprint, and redoes, from the start, anything that was cut short or whose settings
+the study file has changed since (a longer budget, another task size). SIGTERM stops the study cleanly: a training run in progress saves and returns (the Trainer's
 own handling), the study then stops before the next cell, and a rerun of the same command continues.
 
 The data preparation and the runs themselves are the demo's (:mod:`videomap.apps.demo`): the same moving-digit
@@ -13,6 +14,8 @@ splits, real clips, pretraining and fine-tuning configurations, with the grid's 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -35,7 +38,7 @@ from videomap.train.callbacks import Callback
 
 __all__ = ["StudyInterrupted", "DecoderCausality", "stop_on_sigterm", "count_parameters", "match_widths", "cell_plan",
            "prepare_task", "run_pretraining",
-           "run_cell", "time_encoders", "run_cells", "write_json_atomic", "read_json"]
+           "data_settings", "pretrain_settings", "cell_settings", "fingerprint", "finished_result", "run_cell", "run_and_save", "time_encoders", "run_cells", "write_json_atomic", "read_json"]
 
 log = logging.getLogger("videomap.apps.ablate")
 
@@ -179,6 +182,56 @@ def cell_plan(spec: Mapping[str, Any], cell: Cell, widths: Mapping[str, Any]) ->
     )
 
 
+# ------------------------------------------------------------------------------------ fingerprints
+
+#: The plan's fields that decide a task's clips, and those that decide a pretraining run beside its data.
+#: Logging and device choices are left out: they change how a run reports, not what it computes.
+_DATA_FIELDS = ("num_frames", "img_size", "directions", "train_videos", "val_videos", "test_videos",
+                "clip_frame_step", "clip_start_step")
+_PRETRAIN_FIELDS = ("model_kwargs", "batch_size", "pretrain_steps", "pretrain_lr", "predict", "decoder",
+                    "pretrain_workers")
+
+
+def fingerprint(settings: Mapping[str, Any]) -> str:
+    """A short hash of JSON-able settings, equal exactly when the settings are."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def data_settings(spec: Mapping[str, Any], cell: Cell, plan: DemoPlan) -> dict[str, Any]:
+    """What decides the clips of ``cell.task`` for ``cell.seed`` (not the task's training budget)."""
+    task = {k: v for k, v in spec["tasks"][cell.task].items() if k != "budget"}
+    return {"task": task, "seed": cell.seed, **{f: getattr(plan, f) for f in _DATA_FIELDS}}
+
+
+def pretrain_settings(spec: Mapping[str, Any], cell: Cell, plan: DemoPlan) -> dict[str, Any]:
+    """What decides the pretraining run a cell fine-tunes from: its data, model, budget and objective."""
+    return {"data": data_settings(spec, cell, plan), "objective": cell.objective, "masking": cell.masking,
+            **{f: getattr(plan, f) for f in _PRETRAIN_FIELDS}}
+
+
+def cell_settings(spec: Mapping[str, Any], cell: Cell, plan: DemoPlan) -> dict[str, Any]:
+    """Everything that decides a cell's result: its pretraining (if any), data, whole plan and seed."""
+    return {"cell": cell.as_dict(), "data": data_settings(spec, cell, plan),
+            "pretrain": pretrain_settings(spec, cell, plan) if cell.pretrained else None,
+            "plan": {k: v for k, v in dataclasses.asdict(plan).items() if k != "log_every"}}
+
+
+def _current(saved: Mapping[str, Any] | None, settings: Mapping[str, Any]) -> bool:
+    return saved is not None and saved.get("settings") == fingerprint(settings)
+
+
+def finished_result(out: Path, spec: Mapping[str, Any], cell: Cell, widths: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The cell's saved result when it ran with the settings the study file gives it now, else ``None``.
+
+    A result from other settings (an edited budget or task) is stale: it is logged and the cell runs again.
+    """
+    saved = read_json(out / "cells" / f"{cell_id(cell)}.json")
+    if saved is None or _current(saved, cell_settings(spec, cell, cell_plan(spec, cell, widths))):
+        return saved
+    log.info("%s ran with other settings than the study file's; it will run again", cell_id(cell))
+    return None
+
+
 # -------------------------------------------------------------------------------------------- data
 
 
@@ -219,15 +272,16 @@ def prepare_task(out: Path, spec: Mapping[str, Any], cell: Cell, plan: DemoPlan,
     root = out / "data" / cell.task / f"seed{cell.seed}"
     marker = root / "ready.json"
     saved = read_json(marker)
-    if saved is not None and (not with_pretrain or "pretrain" in saved):
-        return _unpaths(saved)
+    settings = data_settings(spec, cell, plan)
+    if _current(saved, settings) and (not with_pretrain or "pretrain" in saved):
+        return _unpaths({k: v for k, v in saved.items() if k != "settings"})
     _fresh_dir(root)
     task = spec["tasks"][cell.task]
     if task["kind"] == "direction":
         lists = prepare_data(root, plan, cell.seed)  # the demo's task, real clips and pretraining list
     else:
         lists = _write_order_task(root, plan, task, cell.seed, with_pretrain)
-    write_json_atomic(marker, _paths(lists))
+    write_json_atomic(marker, {**_paths(lists), "settings": fingerprint(settings)})
     return lists
 
 
@@ -256,13 +310,15 @@ def _objective_config(cfg, cell: Cell):
     return cfg
 
 
-def run_pretraining(out: Path, cell: Cell, plan: DemoPlan, lists: Mapping[str, Any], device: str) -> dict[str, Any]:
+def run_pretraining(out: Path, spec: Mapping[str, Any], cell: Cell, plan: DemoPlan, lists: Mapping[str, Any],
+                    device: str) -> dict[str, Any]:
     """The cell's pretraining run, done once and shared by every cell that fine-tunes from it."""
     from videomap.train.pretrain_run import run_pretrain
 
     run_dir = out / "pretrain" / pretrain_key(cell)
     done = read_json(run_dir / "result.json")
-    if done is not None:
+    settings = pretrain_settings(spec, cell, plan)
+    if _current(done, settings):
         return done
     _fresh_dir(run_dir)
     cfg = _objective_config(pretrain_config(plan, lists["pretrain"], run_dir, cell.seed, device), cell)
@@ -272,7 +328,7 @@ def run_pretraining(out: Path, cell: Cell, plan: DemoPlan, lists: Mapping[str, A
     summary = {"encoder": result["encoder"], "steps": result["step"], "final_loss": result["metrics"].get("loss"),
                "seconds": round(time.perf_counter() - started, 1), "predict": cfg.pretrain.predict,
                "decoder_causal": cfg.pretrain.decoder_causal, "mask_whole_frames": cfg.pretrain.mask_whole_frames,
-               "clips": len(Path(lists["pretrain"]).read_text().splitlines())}
+               "clips": len(Path(lists["pretrain"]).read_text().splitlines()), "settings": fingerprint(settings)}
     write_json_atomic(run_dir / "result.json", summary)
     return summary
 
@@ -290,7 +346,7 @@ def run_cell(out: Path, spec: Mapping[str, Any], cell: Cell, widths: Mapping[str
     plan = cell_plan(spec, cell, widths)
     lists = prepare_task(out, spec, cell, plan, with_pretrain=cell.pretrained)
     _check_fraction(plan, lists, cell.label_fraction)
-    pretraining = run_pretraining(out, cell, plan, lists, device) if cell.pretrained else None
+    pretraining = run_pretraining(out, spec, cell, plan, lists, device) if cell.pretrained else None
     run_dir = _fresh_dir(out / "cells" / cell_id(cell))
     finetuned = _finetune(plan, lists, run_dir, cell.seed, device, cell.label_fraction,
                           pretraining["encoder"] if pretraining else None)
@@ -302,7 +358,8 @@ def run_cell(out: Path, spec: Mapping[str, Any], cell: Cell, widths: Mapping[str
             "test_videos": finetuned["test_videos"],
             "pretrain_final_loss": pretraining["final_loss"] if pretraining else None,
             "pretrain_seconds": pretraining["seconds"] if pretraining else 0.0,
-            "seconds": round(time.perf_counter() - started, 1)}
+            "seconds": round(time.perf_counter() - started, 1),
+            "settings": fingerprint(cell_settings(spec, cell, plan))}
 
 
 # ------------------------------------------------------------------------------------ encoder timing
@@ -361,48 +418,59 @@ def finished_cells(out: Path, spec: Mapping[str, Any]) -> dict[str, Any]:
     """What ``out`` holds of the study, without running anything: the finished cells (in grid order), the
     matched widths and the encoder timing if it was taken (else ``None``); the same shape as
     :func:`run_cells`' result, so a stopped study can be reported."""
-    results = [done for cell in build_cells(spec) if (done := read_json(out / "cells" / f"{cell_id(cell)}.json"))]
-    return {"cells": results, "widths": match_widths(spec), "timing": read_json(out / "timing.json"),
-            "cells_run_now": 0, "seconds_now": 0.0}
+    widths = match_widths(spec)
+    results = [done for cell in build_cells(spec) if (done := finished_result(out, spec, cell, widths))]
+    return {"cells": results, "widths": widths, "timing": read_json(out / "timing.json"),
+            "cells_run_now": 0, "seconds_now": 0.0, "jobs": int(spec.get("jobs") or 1)}
 
 
 def run_cells(out: Path, spec: Mapping[str, Any], device: str = "auto",
-              on_cell_done: Callable[[Cell, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+              on_cell_done: Callable[[Cell, dict[str, Any]], None] | None = None,
+              jobs: int | None = None) -> dict[str, Any]:
     """Run every unfinished cell, then the encoder timing; returns what is finished (also on disk).
 
-    Raises :class:`StudyInterrupted` after a SIGTERM, once the running cell has stopped; the cells finished
-    until then are on disk and a rerun skips them. ``on_cell_done(cell, result)`` is called after every newly
-    finished cell.
+    ``jobs`` (default: the file's ``jobs``, else 1) cells run side by side, each in its own process
+    (:mod:`.workers`); with one job they run here, one after another. Raises :class:`StudyInterrupted` after a
+    SIGTERM, once the running cells have stopped; the cells finished until then are on disk and a rerun skips
+    them. ``on_cell_done(cell, result)`` is called after every newly finished cell.
     """
+    from videomap.apps.ablate.workers import run_in_workers
+
     cells = build_cells(spec)
     widths = match_widths(spec)
     write_json_atomic(out / "widths.json", widths)
-    results: list[dict[str, Any]] = []
-    started, ran = time.perf_counter(), 0
+    jobs = int(jobs or spec.get("jobs") or 1)
+    started = time.perf_counter()
+    done = {cell: finished_result(out, spec, cell, widths) for cell in cells}
+    todo = [cell for cell in cells if done[cell] is None]
     with stop_on_sigterm() as stop, torch_threads(spec.get("threads")):
-        for i, cell in enumerate(cells):
-            path = out / "cells" / f"{cell_id(cell)}.json"
-            done = read_json(path)
-            if done is not None:
-                results.append(done)
-                continue
-            if stop.is_set():
-                raise StudyInterrupted(f"stopped by SIGTERM before cell {i + 1} of {len(cells)}")
-            log.info("[cell %d/%d, %.0f s] %s", i + 1, len(cells), time.perf_counter() - started, cell_id(cell))
-            try:
-                result = run_cell(out, spec, cell, widths, device)
-            except DemoInterrupted as error:
-                raise StudyInterrupted(f"cell {cell_id(cell)} was stopped by SIGTERM; rerun to continue") from error
-            write_json_atomic(path, result)
-            results.append(result)
-            ran += 1
-            if on_cell_done is not None:
-                on_cell_done(cell, result)
+        if jobs > 1 and len(todo) > 1:
+            for cell, result in run_in_workers(out, spec, todo, widths, device, jobs, stop, on_cell_done):
+                done[cell] = result
+        else:
+            for cell in todo:
+                if stop.is_set():
+                    raise StudyInterrupted(f"stopped by SIGTERM before cell {cells.index(cell) + 1} of {len(cells)}")
+                log.info("[cell %d/%d, %.0f s] %s", cells.index(cell) + 1, len(cells), time.perf_counter() - started,
+                         cell_id(cell))
+                done[cell] = run_and_save(out, spec, cell, widths, device)
+                if on_cell_done is not None:
+                    on_cell_done(cell, done[cell])
         if stop.is_set():
             raise StudyInterrupted("stopped by SIGTERM after the last cell, before the encoder timing")
         timing = read_json(out / "timing.json")
         if timing is None:
             timing = time_encoders(spec, widths)
             write_json_atomic(out / "timing.json", timing)
-    return {"cells": results, "widths": widths, "timing": timing, "cells_run_now": ran,
-            "seconds_now": round(time.perf_counter() - started, 1)}
+    return {"cells": [done[cell] for cell in cells], "widths": widths, "timing": timing, "cells_run_now": len(todo),
+            "seconds_now": round(time.perf_counter() - started, 1), "jobs": jobs}
+
+
+def run_and_save(out: Path, spec: Mapping[str, Any], cell: Cell, widths: Mapping[str, Any], device: str) -> dict[str, Any]:
+    """:func:`run_cell`, its result written to ``cells/<id>.json``; a SIGTERM becomes :class:`StudyInterrupted`."""
+    try:
+        result = run_cell(out, spec, cell, widths, device)
+    except DemoInterrupted as error:
+        raise StudyInterrupted(f"cell {cell_id(cell)} was stopped by SIGTERM; rerun to continue") from error
+    write_json_atomic(out / "cells" / f"{cell_id(cell)}.json", result)
+    return result
