@@ -3,8 +3,9 @@
 Every finished piece writes a JSON file atomically (``data/…/ready.json``, ``pretrain/…/result.json``,
 ``cells/<id>.json``, ``timing.json``) holding a fingerprint of the settings it ran with; a rerun skips what has
 its file with the same fingerprint, and redoes, from the start, anything that was cut short or whose settings
-the study file has changed since (a longer budget, another task size). SIGTERM stops the study cleanly: a training run in progress saves and returns (the Trainer's
-own handling), the study then stops before the next cell, and a rerun of the same command continues.
+the study file has changed since (a longer budget, another task size). SIGTERM stops the study cleanly: a
+training run in progress saves and returns (the Trainer's own handling), the study then stops before the next
+cell, and a rerun of the same command continues.
 
 The data preparation and the runs themselves are the demo's (:mod:`videomap.apps.demo`): the same moving-digit
 splits, real clips, pretraining and fine-tuning configurations, with the grid's sizes in a
@@ -38,7 +39,8 @@ from videomap.train.callbacks import Callback
 
 __all__ = ["StudyInterrupted", "DecoderCausality", "stop_on_sigterm", "count_parameters", "match_widths", "cell_plan",
            "prepare_task", "run_pretraining",
-           "data_settings", "pretrain_settings", "cell_settings", "fingerprint", "finished_result", "run_cell", "run_and_save", "time_encoders", "run_cells", "write_json_atomic", "read_json"]
+           "data_settings", "pretrain_settings", "cell_settings", "fingerprint", "cell_file", "finished_result",
+           "run_cell", "run_and_save", "time_encoders", "run_cells", "write_json_atomic", "read_json"]
 
 log = logging.getLogger("videomap.apps.ablate")
 
@@ -220,12 +222,18 @@ def _current(saved: Mapping[str, Any] | None, settings: Mapping[str, Any]) -> bo
     return saved is not None and saved.get("settings") == fingerprint(settings)
 
 
-def finished_result(out: Path, spec: Mapping[str, Any], cell: Cell, widths: Mapping[str, Any]) -> dict[str, Any] | None:
+def cell_file(out: Path, cell: Cell) -> Path:
+    """Where a cell's result is saved: ``cells/<id>.json`` (beside its run folder ``cells/<id>/``)."""
+    return out / "cells" / f"{cell_id(cell)}.json"
+
+
+def finished_result(out: Path, spec: Mapping[str, Any], cell: Cell,
+                    widths: Mapping[str, Any]) -> dict[str, Any] | None:
     """The cell's saved result when it ran with the settings the study file gives it now, else ``None``.
 
     A result from other settings (an edited budget or task) is stale: it is logged and the cell runs again.
     """
-    saved = read_json(out / "cells" / f"{cell_id(cell)}.json")
+    saved = read_json(cell_file(out, cell))
     if saved is None or _current(saved, cell_settings(spec, cell, cell_plan(spec, cell, widths))):
         return saved
     log.info("%s ran with other settings than the study file's; it will run again", cell_id(cell))
@@ -466,11 +474,12 @@ def run_cells(out: Path, spec: Mapping[str, Any], device: str = "auto",
             "seconds_now": round(time.perf_counter() - started, 1), "jobs": jobs}
 
 
-def run_and_save(out: Path, spec: Mapping[str, Any], cell: Cell, widths: Mapping[str, Any], device: str) -> dict[str, Any]:
+def run_and_save(out: Path, spec: Mapping[str, Any], cell: Cell, widths: Mapping[str, Any],
+                 device: str) -> dict[str, Any]:
     """:func:`run_cell`, its result written to ``cells/<id>.json``; a SIGTERM becomes :class:`StudyInterrupted`."""
     try:
         result = run_cell(out, spec, cell, widths, device)
     except DemoInterrupted as error:
         raise StudyInterrupted(f"cell {cell_id(cell)} was stopped by SIGTERM; rerun to continue") from error
-    write_json_atomic(out / "cells" / f"{cell_id(cell)}.json", result)
+    write_json_atomic(cell_file(out, cell), result)
     return result

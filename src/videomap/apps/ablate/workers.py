@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from videomap.apps.ablate.spec import Cell, StudyError, cell_id, pretrain_key
-from videomap.apps.ablate.study import (StudyInterrupted, cell_plan, prepare_task, read_json, run_and_save,
-                                        stop_on_sigterm)
+from videomap.apps.ablate.study import (StudyInterrupted, cell_file, cell_plan, prepare_task, read_json,
+                                        run_and_save, stop_on_sigterm)
 
 __all__ = ["Unit", "plan_units", "run_in_workers"]
 
@@ -89,8 +89,9 @@ def _work(out: Path, spec: Mapping[str, Any], unit: Unit, widths: Mapping[str, A
         except StudyInterrupted:
             sys.exit(_STOPPED)
         except Exception:
-            _error_file(out, unit).parent.mkdir(parents=True, exist_ok=True)
-            _error_file(out, unit).write_text(traceback.format_exc())
+            error = _error_file(out, unit)
+            error.parent.mkdir(parents=True, exist_ok=True)
+            error.write_text(traceback.format_exc())
             raise
     if stop.is_set():
         sys.exit(_STOPPED)
@@ -164,7 +165,7 @@ def run_in_workers(out: Path, spec: Mapping[str, Any], cells: list[Cell], widths
 
     def newly_finished(candidates) -> Iterator[tuple[Cell, dict[str, Any]]]:
         for cell in candidates:
-            if cell not in reported and (result := read_json(out / "cells" / f"{cell_id(cell)}.json")) is not None:
+            if cell not in reported and (result := read_json(cell_file(out, cell))) is not None:
                 reported.add(cell)
                 log.info("[%d/%d cells, %.0f s] %s: test top-1 %s", len(reported), len(cells),
                          time.perf_counter() - started, cell_id(cell), result["test_top1"])
