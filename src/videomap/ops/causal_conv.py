@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 
 from .backend import implementation
-from .scan_checks import CONV_ACTIVATIONS as ACTIVATIONS
 from .scan_checks import check_conv_args
 
 
