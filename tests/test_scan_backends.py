@@ -191,6 +191,49 @@ def test_chunked_state_passing_equals_one_pass(backend):
         assert max_rel_error(two[name].grad, one[name].grad) <= 1e-4, name
 
 
+def _elementwise_rel_error(got: torch.Tensor, want: torch.Tensor, floor: float = 1e-30) -> float:
+    """Largest |got - want| / max(|want|, floor) over the elements."""
+    return ((got.double() - want).abs() / want.abs().clamp_min(floor)).max().item()
+
+
+def test_cpu_kernel_gate_is_accurate_per_element_over_the_whole_range():
+    """With B = C = 0 the output is D u silu(z) element by element: the kernel's gate (an exp and a reciprocal
+    of its own) must match silu in float64 to a few ulp for z from -120 to 120, forward and backward."""
+    channels, length = 48, 161
+    z = torch.linspace(-120.0, 120.0, channels * length).reshape(1, channels, length)
+    u = torch.randn(1, channels, length, generator=torch.Generator().manual_seed(0))
+    leaves = dict(u=u.clone().requires_grad_(), z=z.clone().requires_grad_())
+    zeros = torch.zeros(channels, 4)
+    with scan_backend("cpu"):
+        out = selective_scan(leaves["u"], torch.full_like(u, 0.5), -torch.ones(channels, 4), zeros, zeros,
+                             D=torch.ones(channels), z=leaves["z"])
+    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    (out * weight).sum().backward()
+    u64, z64, w64 = u.double(), z.double(), weight.double()
+    sig = torch.sigmoid(z64)
+    assert torch.isfinite(out).all() and torch.isfinite(leaves["z"].grad).all()
+    assert _elementwise_rel_error(out, u64 * z64 * sig) <= 2e-6
+    assert _elementwise_rel_error(leaves["u"].grad, w64 * z64 * sig) <= 2e-6
+    assert _elementwise_rel_error(leaves["z"].grad, w64 * u64 * sig * (1 + z64 * (1 - sig))) <= 2e-5
+
+
+def test_cpu_kernel_softplus_is_accurate_per_element_over_the_whole_range():
+    """With one step, one state and B = C = u = 1 the output is softplus(delta) per channel; its gradient is
+    sigmoid(delta). Checked against float64 for delta from -40 to 40 (above 20 softplus passes x through)."""
+    channels = 4096
+    x = torch.linspace(-40.0, 40.0, channels).reshape(1, channels, 1)
+    delta = x.clone().requires_grad_()
+    ones = torch.ones(channels, 1)
+    with scan_backend("cpu"):
+        out = selective_scan(torch.ones(1, channels, 1), delta, -ones, ones, ones, delta_softplus=True)
+    out.sum().backward()
+    x64 = x.double()
+    want = torch.where(x64 > 20, x64, torch.log1p(torch.exp(x64)))
+    assert torch.isfinite(out).all()
+    assert _elementwise_rel_error(out, want) <= 1e-6
+    assert _elementwise_rel_error(delta.grad, torch.where(x64 > 20, 1.0, torch.sigmoid(x64))) <= 1e-6
+
+
 @pytest.mark.parametrize("backend, device", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_inputs(backend, device, dtype):
