@@ -150,6 +150,35 @@ def test_variants_have_their_own_cache_entries(monkeypatch):
         scan_cpu.requested_isa()
 
 
+def test_loading_a_variant_again_finds_its_own_cache_entry(monkeypatch):
+    """torch's load() appends its link flags to the list it is given; the flags, and so the cache name, of the
+    next build of the same variant must not change (they did, and every kernel_variant call rebuilt)."""
+    calls = []
+
+    def fake_load(name, sources, extra_cflags, extra_ldflags, verbose):
+        calls.append((name, list(extra_cflags), list(extra_ldflags)))
+        extra_ldflags.extend(["-L/torch/lib", "-ltorch"])  # as torch.utils.cpp_extension.load does
+        extra_cflags.append("-DEXTRA")
+        return object()
+
+    import torch.utils.cpp_extension
+
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", fake_load)
+    monkeypatch.setattr(scan_cpu, "_clear_dead_build", lambda name: None)
+    for _ in range(3):
+        scan_cpu._build(False, "generic")
+    assert len(calls) == 3 and calls[1] == calls[0] and calls[2] == calls[0]
+
+
+@pytest.mark.skipif(not scan_cpu.cpu_kernel_available(), reason="the CPU kernel does not build here")
+def test_the_loaded_kernel_has_the_name_its_flags_give():
+    """After the real build (or cache load), the name computed from the variant's flags is the loaded one's."""
+    module = scan_cpu.load_cpu_kernel()
+    isa = scan_cpu.requested_isa()
+    names = {scan_cpu._extension_name(isa, cflags + ldflags) for cflags, ldflags in scan_cpu._flag_sets(isa)}
+    assert module.__name__ in names
+
+
 def test_a_forced_variant_the_cpu_lacks_is_refused(monkeypatch):
     monkeypatch.setattr(scan_cpu, "_cpu_signature", lambda: "fpu sse sse2")
     with pytest.raises(RuntimeError, match="lacks"):
