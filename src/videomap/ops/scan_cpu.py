@@ -96,9 +96,7 @@ def _flag_sets(isa: str) -> list[tuple[list[str], list[str]]]:
     target_sets = list(_ISA_FLAGS[isa])
     if isa != "native" and platform.machine().lower() not in ("x86_64", "amd64"):
         target_sets = [[f for f in flags if f.startswith("-D")] for flags in target_sets]
-    # Fresh lists every call: torch's load() appends its own link flags to extra_ldflags in place, and a
-    # shared list would change the next call's flags, hence its cache name, and rebuild on every call.
-    sets = [(_BASE_CFLAGS + target + _OPENMP, list(_OPENMP)) for target in target_sets]
+    sets = [(_BASE_CFLAGS + target + _OPENMP, _OPENMP) for target in target_sets]
     return sets + [(_BASE_CFLAGS + target_sets[-1], [])]
 
 
@@ -178,6 +176,8 @@ def _build(verbose: bool, isa: str | None = None):
         try:
             name = _extension_name(isa, cflags + ldflags)
             _clear_dead_build(name)
+            # Copies: load() appends torch's link flags to extra_ldflags in place, which would change the
+            # shared list, hence the next build's name, so that every later build in the process recompiled.
             return load(name=name, sources=[str(source) for source in _SOURCES],
                         extra_cflags=list(cflags), extra_ldflags=list(ldflags), verbose=verbose)
         except Exception as error:  # noqa: BLE001 - try the next flag set, report all at the end
