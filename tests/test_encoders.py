@@ -137,6 +137,19 @@ def test_bfloat16_compute():
     assert (a - b.float()).abs().mean() < 0.05 * a.abs().mean()
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bfloat16_on_a_cpu_without_bf16_instructions_warns(monkeypatch, native):
+    import videomap.ops.matmul as mm
+
+    monkeypatch.setattr(mm, "native_reduced_precision", lambda dtype: native)
+    bf16 = VideoEncoder.from_pretrained(_backbone(), dtype=torch.bfloat16)
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always")
+        bf16.encode_video(_clip())
+    said = [str(w.message) for w in caught if "bf16 instructions" in str(w.message)]
+    assert len(said) == (0 if native or not mm.onednn_available() else 1), said
+
+
 def test_from_pretrained_sources(tmp_path):
     model = _backbone()
     model.save_pretrained(tmp_path / "dir")

@@ -222,3 +222,75 @@ def test_layers_under_cpu_autocast_give_bf16_products():
     assert mixed.dtype == torch.bfloat16  # out_proj
     assert set(seen.values()) == {torch.bfloat16}, seen
     assert len(calls) == 6 and set(calls) == {torch.bfloat16}, calls  # in_proj, 2 x_proj, 2 dt_proj, out_proj
+
+
+# --- CPUs without bf16 instructions: bf16 products widened to float32 ------------------------------------
+
+@pytest.fixture
+def no_native_bf16(monkeypatch):
+    """This CPU as one without AVX512-BF16/AMX: oneDNN multiplies float32 only. Records the operand dtypes of
+    every oneDNN product."""
+    monkeypatch.setattr(mm, "_onednn_dtypes", lambda: frozenset({torch.float32}))
+    seen = []
+    original = mm._inner
+
+    def spy(x, weight_t, bias=None):
+        seen.append((x.dtype, weight_t.dtype))
+        return original(x, weight_t, bias)
+
+    monkeypatch.setattr(mm, "_inner", spy)
+    return seen
+
+
+@needs_onednn
+def test_native_reduced_precision_follows_the_cpu_probe(no_native_bf16):
+    assert not mm.native_reduced_precision(torch.bfloat16)
+    assert mm._widened_dtype(torch.ones(2, dtype=torch.bfloat16)) == torch.bfloat16
+    assert mm._widened_dtype(torch.ones(2)) is None  # float32 is never widened
+    assert mm._widened_dtype(torch.ones(2, dtype=torch.bfloat16), torch.ones(2)) is None  # mixed: torch decides
+
+
+@needs_onednn
+@pytest.mark.parametrize("grad", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+def test_bf16_linear_without_native_bf16_runs_float32_kernels(no_native_bf16, grad, bias):
+    """The product runs in oneDNN's float32 kernel on bf16-rounded operands and comes back as bf16, bit-equal
+    to an explicit bf16 product almost everywhere; its gradients match the explicit bf16 ones."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 300, 24, generator=g)
+    weight = torch.randn(40, 24, generator=g, requires_grad=grad)
+    b = torch.randn(40, generator=g, requires_grad=grad) if bias else None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = mm.linear(x, weight, b)
+    assert no_native_bf16 and set(no_native_bf16) == {(torch.float32, torch.float32)}, no_native_bf16
+    assert _bf16_agreement(out, F.linear(*_bf16(x, weight, b))) >= AGREE
+    if grad:
+        out.float().square().sum().backward()
+        w16 = weight.detach().bfloat16().requires_grad_(True)
+        F.linear(x.bfloat16(), w16, None if b is None else b.detach().bfloat16()).float().square().sum().backward()
+        assert weight.grad.dtype == torch.float32
+        torch.testing.assert_close(weight.grad, w16.grad.float(), rtol=2e-2, atol=2e-2 * w16.grad.abs().max().item())
+        assert all(dtypes == (torch.float32, torch.float32) for dtypes in no_native_bf16)  # backward too
+
+
+@needs_onednn
+def test_bf16_matmul_without_native_bf16_runs_float32_kernels(no_native_bf16):
+    a, b = _operands(7)
+    a16, b16 = _bf16(a, b)
+    out = mm.matmul(a16, b16)  # bf16 tensors outside autocast take the same route
+    assert no_native_bf16 == [(torch.float32, torch.float32)]
+    assert _bf16_agreement(out, a16 @ b16) >= AGREE
+
+
+@needs_onednn
+@pytest.mark.parametrize("batch,length", [(1, 40), (2, 40), (2, 1100)])
+def test_bf16_channels_first_matmul_without_native_bf16(no_native_bf16, batch, length):
+    g = torch.Generator().manual_seed(8)
+    h = torch.randn(batch, length, 24, generator=g)
+    weight = torch.randn(36, 24, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = mm.channels_first_matmul(weight, h.transpose(1, 2))
+    w16, h16 = _bf16(weight, h)
+    assert _bf16_agreement(out, torch.matmul(w16, h16.transpose(1, 2))) >= AGREE
+    short_batch = batch > 1 and length < mm.MIN_PER_SAMPLE_LENGTH  # torch's batched float32 product
+    assert all(d == (torch.float32, torch.float32) for d in no_native_bf16) and bool(no_native_bf16) != short_batch

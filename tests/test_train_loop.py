@@ -423,3 +423,18 @@ def test_ddp_metrics_that_differ_between_processes_are_an_error_not_a_hang(tmp_p
     for rank in (0, 1):
         message = (tmp_path / f"error{rank}.txt").read_text()
         assert "rank 0: acc, grad_norm, loss; rank 1: grad_norm, loss" in message
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_without_bf16_instructions_is_announced(monkeypatch, caplog, native):
+    import videomap.ops.matmul as mm
+
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(mm, "native_reduced_precision", lambda dtype: native)
+    with caplog.at_level("WARNING", logger="videomap"):
+        Runtime.from_env(device="cpu", precision="bf16", configure_logging=False).close()
+        Runtime.from_env(device="cpu", precision="fp32", configure_logging=False).close()
+    said = [r.getMessage() for r in caplog.records if "bf16 instructions" in r.getMessage()]
+    expected = [] if native or not mm.onednn_available() else ["train.precision=bf16: " + mm.emulated_bf16_note()]
+    assert said == expected

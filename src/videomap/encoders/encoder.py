@@ -25,6 +25,7 @@ from torch import nn
 
 from ..models import VideoMAP, create_model, list_models, load_model
 from ..models.weights import CONFIG_NAME
+from ..ops.matmul import emulated_bf16_note
 from .inputs import to_model_input
 
 
@@ -194,6 +195,10 @@ class VideoEncoder(nn.Module):
 
     def _autocast(self):
         if self.compute_dtype in (torch.bfloat16, torch.float16):
+            if self.device.type == "cpu" and self.compute_dtype == torch.bfloat16:
+                note = emulated_bf16_note()
+                if note:  # Python's warning filter shows it once per call site
+                    warnings.warn(f"VideoEncoder(dtype=torch.bfloat16): {note}", RuntimeWarning, stacklevel=3)
             return torch.autocast(self.device.type, dtype=self.compute_dtype)
         return contextlib.nullcontext()
 

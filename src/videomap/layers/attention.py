@@ -1,11 +1,11 @@
-"""Multi-head self-attention through ``scaled_dot_product_attention``."""
+"""Multi-head self-attention through ``scaled_dot_product_attention`` (:mod:`videomap.ops.attention`)."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ..ops.attention import scaled_dot_product_attention
 from .linear import Linear
 
 
@@ -30,5 +30,5 @@ class Attention(nn.Module):
         batch, length, dim = x.shape
         qkv = self.qkv(x).reshape(batch, length, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, hd)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        out = scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.proj(out.transpose(1, 2).reshape(batch, length, dim))

@@ -12,9 +12,16 @@ differentiable; their backward runs through the same op.
 **Autocast.** A custom op is invisible to ``torch.autocast``, so these functions apply its rule themselves:
 inside a CPU autocast region every floating operand (except float64) is cast to the autocast dtype first,
 exactly as autocast casts ``F.linear``/``matmul``, and the product runs in that dtype — through oneDNN's
-bf16 kernels where the CPU has them (AMX or AVX512-BF16), else through torch. The result is the same on
-every shape and batch size. Anything else — other dtypes, CUDA tensors, a torch build without oneDNN,
-``VIDEOMAP_ONEDNN=0`` — takes torch's own ``matmul``/``linear``.
+bf16 kernels where the CPU has them (AMX or AVX512-BF16). The result is the same on every shape and batch
+size.
+
+**CPUs without bf16 instructions** (AVX2-only laptops and servers, AMD Zen 3 and older). There, torch and
+oneDNN emulate a bf16 product at a small fraction of the float32 rate (measured: 13 against ~200 GFLOP/s,
+docs/benchmarks.md), so a bf16 run would be several times slower than float32. Instead, bf16/fp16 operands
+are widened to float32, multiplied by oneDNN's float32 kernel and the result rounded back to the operand
+dtype. That is the same arithmetic as a native bf16 product, which also multiplies exactly and accumulates in
+float32: only the summation order differs. Anything else — float64, CUDA tensors, a torch build without
+oneDNN, ``VIDEOMAP_ONEDNN=0`` — takes torch's own ``matmul``/``linear``.
 """
 
 from __future__ import annotations
@@ -25,7 +32,18 @@ import os
 import torch
 import torch.nn.functional as F
 
-__all__ = ["onednn_available", "use_onednn", "autocast_dtype", "matmul", "linear", "channels_first_matmul"]
+__all__ = [
+    "onednn_available",
+    "use_onednn",
+    "native_reduced_precision",
+    "emulated_bf16_note",
+    "autocast_dtype",
+    "matmul",
+    "linear",
+    "channels_first_matmul",
+]
+
+REDUCED_DTYPES = (torch.bfloat16, torch.float16)
 
 #: channels_first_matmul runs oneDNN per sample only for sequences at least this long (or a batch of one).
 MIN_PER_SAMPLE_LENGTH = 1024
@@ -65,6 +83,40 @@ def use_onednn(*tensors: torch.Tensor | None) -> bool:
         return False
     dtypes = {t.dtype for t in present}
     return len(dtypes) == 1 and dtypes <= _onednn_dtypes()
+
+
+def native_reduced_precision(dtype: torch.dtype) -> bool:
+    """Whether this CPU multiplies ``dtype`` (bf16 or fp16) natively through oneDNN, i.e. has AVX512-BF16 or
+    AMX for bf16, AVX512-FP16 or AMX-FP16 for fp16. ``False`` also without oneDNN."""
+    return onednn_available() and dtype in _onednn_dtypes()
+
+
+def emulated_bf16_note() -> str | None:
+    """A one-line warning for a bf16 run on this CPU when it has no bf16 instructions, else ``None``."""
+    if not onednn_available() or native_reduced_precision(torch.bfloat16):
+        return None
+    return ("this CPU has no bf16 instructions (AVX512-BF16 or AMX): bf16 products and attention run in fp32 "
+            "on bf16-rounded values, so bf16 is no faster than fp32 here; fp32 is the better choice on this CPU")
+
+
+def _widened_dtype(*tensors: torch.Tensor | None) -> torch.dtype | None:
+    """The reduced dtype of ``tensors`` when their product should run widened to float32 (see the module
+    docstring): all CPU tensors of one bf16/fp16 dtype that this CPU does not multiply natively, oneDNN present
+    and enabled. ``None`` otherwise."""
+    present = [t for t in tensors if t is not None]
+    if not present or any(t.device.type != "cpu" for t in present):
+        return None
+    dtypes = {t.dtype for t in present}
+    if len(dtypes) != 1 or not dtypes <= set(REDUCED_DTYPES):
+        return None
+    if os.environ.get("VIDEOMAP_ONEDNN", "1") == "0" or not onednn_available():
+        return None
+    (dtype,) = dtypes
+    return None if dtype in _onednn_dtypes() else dtype
+
+
+def _widen(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    return tuple(None if t is None else t.float() for t in tensors)
 
 
 def autocast_dtype() -> torch.dtype | None:
@@ -138,8 +190,15 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if a.dim() != 2 or b.dim() != 2:
         raise ValueError(f"matmul: expected 2-D operands, got {tuple(a.shape)} and {tuple(b.shape)}")
     a, b = _autocast(a, b)
+    widened = _widened_dtype(a, b)
+    if widened is not None:
+        return _matmul_onednn(*_widen(a, b)).to(widened)
     if not use_onednn(a, b):
         return torch.matmul(a, b)
+    return _matmul_onednn(a, b)
+
+
+def _matmul_onednn(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if _needs_graph(a, b):
         return _OneDNNMatmul.apply(a, b)
     return _inner(a, b.t())
@@ -148,8 +207,15 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear``: ``x (..., K)``, ``weight (N, K)``, ``bias (N,)`` → ``(..., N)``."""
     x, weight, bias = _autocast(x, weight, bias)
+    widened = _widened_dtype(x, weight, bias)
+    if widened is not None and x.dim() > 0:
+        return _linear_onednn(*_widen(x, weight, bias)).to(widened)
     if not use_onednn(x, weight, bias) or x.dim() == 0:
         return F.linear(x, weight, bias)
+    return _linear_onednn(x, weight, bias)
+
+
+def _linear_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     lead = x.shape[:-1]
     flat = x.reshape(-1, x.shape[-1])  # a view for the usual contiguous activations
     if _needs_graph(x, weight, bias):
@@ -174,6 +240,13 @@ def channels_first_matmul(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor
     # Cast once here, so that both routes below run in the autocast dtype (torch's batched product would be
     # cast by autocast itself, the per-sample oneDNN one would not).
     weight, x = _autocast(weight, x)
+    widened = _widened_dtype(weight, x)
+    if widened is not None:
+        # Widen once for the whole batch (the per-sample products below would each widen the weight again),
+        # with autocast off so that neither route casts the widened operands back.
+        with torch.autocast("cpu", enabled=False):
+            out = channels_first_matmul(*_widen(weight, x))
+        return out.to(widened)
     # oneDNN takes one sample per call. A batch of short sequences is many small calls whose fixed cost
     # outweighs the faster kernel (the demo's batch-16, 64-token training step was slower that way), so
     # those go to torch's batched product in one call.

@@ -22,6 +22,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..ops.matmul import emulated_bf16_note
+
 __all__ = [
     "Runtime",
     "select_device",
@@ -141,6 +143,10 @@ class Runtime:
         if configure_logging:
             setup_logging(rank)
         autocast(dev, precision)  # validate precision against the device now, not at the first step
+        if dev.type == "cpu" and precision == "bf16" and rank == 0:
+            note = emulated_bf16_note()
+            if note:
+                log.warning("train.precision=bf16: %s", note)
         return cls(rank=rank, world_size=world_size, local_rank=local_rank, device=dev,
                    precision=precision, _owns_group=owns)
 
