@@ -169,13 +169,18 @@ def test_linear_under_cpu_autocast_runs_in_bf16(shape, bias, grad):
 def test_channels_first_matmul_under_cpu_autocast_runs_in_bf16(batch, length):
     """Both routes — torch's batched product for short sequences, oneDNN per sample for long ones — give the
     autocast dtype, so a run's precision does not depend on its batch size or length."""
-    g = torch.Generator().manual_seed(4)
+    assert _channels_first_bf16_agreement(batch, length, seed=4) >= AGREE
+
+
+def _channels_first_bf16_agreement(batch: int, length: int, seed: int) -> float:
+    """``channels_first_matmul`` under bf16 autocast against an explicit bf16 product, as in ``_bf16_agreement``."""
+    g = torch.Generator().manual_seed(seed)
     h = torch.randn(batch, length, 24, generator=g)
     weight = torch.randn(36, 24, generator=g)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = mm.channels_first_matmul(weight, h.transpose(1, 2))
     w16, h16 = _bf16(weight, h)
-    assert _bf16_agreement(out, torch.matmul(w16, h16.transpose(1, 2))) >= AGREE
+    return _bf16_agreement(out, torch.matmul(w16, h16.transpose(1, 2)))
 
 
 def test_matmul_under_cpu_autocast_runs_in_bf16_and_not_outside_it():
@@ -285,12 +290,6 @@ def test_bf16_matmul_without_native_bf16_runs_float32_kernels(no_native_bf16):
 @needs_onednn
 @pytest.mark.parametrize("batch,length", [(1, 40), (2, 40), (2, 1100)])
 def test_bf16_channels_first_matmul_without_native_bf16(no_native_bf16, batch, length):
-    g = torch.Generator().manual_seed(8)
-    h = torch.randn(batch, length, 24, generator=g)
-    weight = torch.randn(36, 24, generator=g)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = mm.channels_first_matmul(weight, h.transpose(1, 2))
-    w16, h16 = _bf16(weight, h)
-    assert _bf16_agreement(out, torch.matmul(w16, h16.transpose(1, 2))) >= AGREE
+    assert _channels_first_bf16_agreement(batch, length, seed=8) >= AGREE
     short_batch = batch > 1 and length < mm.MIN_PER_SAMPLE_LENGTH  # torch's batched float32 product
     assert all(d == (torch.float32, torch.float32) for d in no_native_bf16) and bool(no_native_bf16) != short_batch
