@@ -16,8 +16,9 @@ bf16 kernels where the CPU has them (AMX or AVX512-BF16). The result is the same
 size.
 
 **CPUs without bf16 instructions** (AVX2-only laptops and servers, AMD Zen 3 and older). There, torch and
-oneDNN emulate a bf16 product at a small fraction of the float32 rate (measured: 13 against ~200 GFLOP/s,
-docs/benchmarks.md), so a bf16 run would be several times slower than float32. Instead, bf16/fp16 operands
+oneDNN emulate a bf16 product at a small fraction of the float32 rate (measured on a 2-core Zen 3: 15 GFLOP/s
+through ``F.linear`` and 2 through oneDNN, against 152 in float32; docs/benchmarks.md), so a bf16 run would be
+several times slower than float32. Instead, bf16/fp16 operands
 are widened to float32, multiplied by oneDNN's float32 kernel and the result rounded back to the operand
 dtype. That is the same arithmetic as a native bf16 product, which also multiplies exactly and accumulates in
 float32: only the summation order differs. Anything else — float64, CUDA tensors, a torch build without
