@@ -73,17 +73,24 @@ def _onednn_dtypes() -> frozenset[torch.dtype]:
     return frozenset(dtypes)
 
 
+def _routable_dtype(*tensors: torch.Tensor | None) -> torch.dtype | None:
+    """The one dtype of ``tensors`` (``None`` entries ignored) when their product may be routed to oneDNN at
+    all: CPU tensors of a single dtype, oneDNN present, ``VIDEOMAP_ONEDNN`` not ``0``. ``None`` otherwise."""
+    if os.environ.get("VIDEOMAP_ONEDNN", "1") == "0" or not onednn_available():
+        return None
+    present = [t for t in tensors if t is not None]
+    if not present or any(t.device.type != "cpu" for t in present):
+        return None
+    dtypes = {t.dtype for t in present}
+    return dtypes.pop() if len(dtypes) == 1 else None
+
+
 def use_onednn(*tensors: torch.Tensor | None) -> bool:
     """Whether a product of ``tensors`` takes the oneDNN path: CPU tensors of one dtype that oneDNN runs
     natively here (float32; bf16/fp16 where the CPU supports them), oneDNN present, and ``VIDEOMAP_ONEDNN``
     not ``0``."""
-    if os.environ.get("VIDEOMAP_ONEDNN", "1") == "0" or not onednn_available():
-        return False
-    present = [t for t in tensors if t is not None]
-    if not present or any(t.device.type != "cpu" for t in present):
-        return False
-    dtypes = {t.dtype for t in present}
-    return len(dtypes) == 1 and dtypes <= _onednn_dtypes()
+    dtype = _routable_dtype(*tensors)
+    return dtype is not None and dtype in _onednn_dtypes()
 
 
 def native_reduced_precision(dtype: torch.dtype) -> bool:
@@ -104,16 +111,8 @@ def _widened_dtype(*tensors: torch.Tensor | None) -> torch.dtype | None:
     """The reduced dtype of ``tensors`` when their product should run widened to float32 (see the module
     docstring): all CPU tensors of one bf16/fp16 dtype that this CPU does not multiply natively, oneDNN present
     and enabled. ``None`` otherwise."""
-    present = [t for t in tensors if t is not None]
-    if not present or any(t.device.type != "cpu" for t in present):
-        return None
-    dtypes = {t.dtype for t in present}
-    if len(dtypes) != 1 or not dtypes <= set(REDUCED_DTYPES):
-        return None
-    if os.environ.get("VIDEOMAP_ONEDNN", "1") == "0" or not onednn_available():
-        return None
-    (dtype,) = dtypes
-    return None if dtype in _onednn_dtypes() else dtype
+    dtype = _routable_dtype(*tensors)
+    return dtype if dtype in REDUCED_DTYPES and dtype not in _onednn_dtypes() else None
 
 
 def _widen(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
