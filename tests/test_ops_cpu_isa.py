@@ -26,7 +26,7 @@ _CHECKS = textwrap.dedent(
     import sys, torch
     from videomap.ops import scan_backend, selective_scan, selective_scan_accumulate
     from videomap.ops import scan_cpu
-    from videomap.ops.causal_conv import causal_conv1d, causal_conv1d_reference
+    from videomap.ops.causal_conv import causal_conv1d, causal_conv1d_channels_last, causal_conv1d_reference
     from scan_cases import make_inputs, max_rel_error
 
     want = sys.argv[1]
@@ -88,6 +88,27 @@ _CHECKS = textwrap.dedent(
             torch.testing.assert_close(got, want_out, rtol=tol, atol=tol)
             for a, b in zip(grads, want):
                 torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+    # the channels-last inference kernels: the channels-first kernel's bits, the reference conv
+    kernel = scan_cpu.load_cpu_kernel()
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        sd = torch.float32 if dtype == torch.bfloat16 else dtype
+        a = make_inputs(2, 40, 5, 130, "grouped", 2, dtype=torch.float64)
+        a = {k: (v.to(dtype) if k in ("u", "delta", "z", "B", "C") else v.to(sd)) for k, v in a.items() if v is not None}
+        for reverse in (False, True):
+            want, _, _ = kernel.fwd(a["u"], a["delta"], a["A"], a["B"], a["C"], a["D"], a["z"], a["delta_bias"],
+                                    None, True, False, reverse, None, 0.5, False)
+            last = {k: (v.permute(0, 2, 1).contiguous() if v.dim() == 3 else v.permute(0, 3, 1, 2).contiguous())
+                    for k, v in a.items() if k in ("u", "delta", "z", "B", "C")}
+            got = scan_cpu.selective_scan_channels_last(last["u"], last["delta"], a["A"], last["B"], last["C"],
+                                                        a["D"], last["z"], a["delta_bias"], True, reverse=reverse,
+                                                        scale=0.5)
+            assert torch.equal(got.transpose(1, 2), want), ("channels-last scan", dtype, reverse)
+            x = torch.randn(2, 70, 42).to(dtype)[..., :21]
+            w, bias = torch.randn(21, 4, dtype=sd), torch.randn(21, dtype=sd)
+            conv = causal_conv1d_channels_last(x, w, bias, "silu", reverse)
+            ref = causal_conv1d_reference(x.transpose(1, 2).to(sd), w, bias, "silu", reverse).transpose(1, 2)
+            tol = 1e-2 if dtype == torch.bfloat16 else 1e-5
+            torch.testing.assert_close(conv.to(sd), ref, rtol=tol, atol=tol)
     print("OK", scan_cpu.cpu_kernel_isa())
     """
 )

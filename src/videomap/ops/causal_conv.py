@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .backend import implementation
-from .scan_checks import check_conv_args
+from .scan_checks import CONV_ACTIVATIONS, check_conv_args
 
 
 @functools.lru_cache(maxsize=1)
@@ -103,6 +103,33 @@ def causal_conv1d_cpu(x, weight, bias=None, activation=None, reverse=False):
         return out
     # Outside autograd the conv's fresh output is nobody else's: SiLU in place spares a (B, E, L) buffer.
     return F.silu(out) if out.requires_grad else F.silu(out, inplace=True)
+
+
+def causal_conv1d_channels_last(x, weight, bias=None, activation=None, reverse=False):
+    """The CPU kernel's convolution of a channels-last ``x (B, L, E)``, for inference (no autograd).
+
+    ``x`` needs contiguous channels only (the ``x`` half of ``in_proj``'s ``(B, L, 2E)`` output is read in
+    place); the taps run in the order of :func:`causal_conv1d_cpu`, so the convolution is the same bits, and
+    SiLU is applied on the way out. Computes in fp32 (fp64 for fp64 ``x``); a bfloat16 ``x`` takes fp32
+    weight and bias and gives bfloat16.
+
+    Returns:
+        ``(B, L, E)``, contiguous, ``x``'s dtype.
+    """
+    from .scan_cpu import load_cpu_kernel
+
+    if activation not in CONV_ACTIVATIONS:
+        raise ValueError(f"causal_conv1d_channels_last: activation must be None or 'silu', got {activation!r}")
+    if x.dim() != 3 or weight.dim() != 2 or weight.shape[0] != x.shape[2] or (
+            bias is not None and tuple(bias.shape) != (x.shape[2],)):
+        raise ValueError(f"causal_conv1d_channels_last: expected x (B, L, E), weight (E, K) and bias (E,), got "
+                         f"{tuple(x.shape)}, {tuple(weight.shape)} and {None if bias is None else tuple(bias.shape)}")
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+        raise RuntimeError("causal_conv1d_channels_last: inference only (no autograd); use causal_conv1d")
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    weight, bias = weight.to(dtype), None if bias is None else bias.to(dtype)
+    with torch.profiler.record_function("videomap::causal_conv1d_channels_last"):  # named in profiles
+        return load_cpu_kernel().causal_conv1d_fwd_last(x, weight, bias, activation == "silu", bool(reverse))
 
 
 def causal_conv1d_cuda(x, weight, bias=None, activation=None, reverse=False):

@@ -458,6 +458,39 @@ def selective_scan_accumulate_cpu(acc, u, delta, A, B, C, D=None, z=None, delta_
     return out.to(u.dtype)
 
 
+def selective_scan_channels_last(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, *,
+                                 reverse=False, out=None, scale=1.0, accumulate=False):
+    """The CPU kernel's forward on channels-last tensors, for inference (no autograd).
+
+    The scan of :func:`selective_scan_cpu` with the time-indexed tensors laid out position-major, as
+    ``F.linear`` produces them: each step reads 16 consecutive channels of one position, so the kernel
+    transposes nothing and the Mamba layer needs no layout copies between its products and its scans.
+    Same arithmetic in the same order as :func:`selective_scan_cpu`: the same bits.
+
+    Args:
+        u, delta, z: ``(B, L, E)`` (z optional). B, C: ``(B, L, G, N)``, channel ``e`` reading group
+            ``e // (E // G)``; e.g. a ``(B, L, N)`` slice of ``x_proj``'s output with a group axis inserted.
+            Every one of them needs contiguous channels (last stride 1, and groups of N for B and C); batch and
+            position strides are free, so halves and slices of a product's output are read in place. All
+            float32, all float64, or all bfloat16 (then A, D, delta_bias are float32; states stay fp32).
+        A: ``(E, N)``, ``N <= 64``. D, delta_bias: ``(E,)`` or None.
+        reverse, scale, accumulate, out: as :func:`selective_scan_cpu`; ``out`` is ``(B, L, E)`` with
+            contiguous channels.
+
+    Returns:
+        ``out (B, L, E)``: ``scale * y``, or ``out + scale * y`` with ``accumulate``.
+    """
+    tensors = (u, delta, A, B, C, D, z, delta_bias, out)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        raise RuntimeError("selective_scan_channels_last: inference only (no autograd); use selective_scan_cpu "
+                           "or run under torch.no_grad()")
+    if B.dim() == 3 or C.dim() == 3:
+        B, C = (t.unsqueeze(2) if t.dim() == 3 else t for t in (B, C))
+    with torch.profiler.record_function("videomap::selective_scan_channels_last"):  # named in profiles
+        return load_cpu_kernel().fwd_last(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), bool(reverse),
+                                          out, float(scale), bool(accumulate))
+
+
 __all__ = ["ISAS", "ISA_ENV_VAR", "build", "cpu_kernel_available", "cpu_kernel_error", "cpu_kernel_isa",
-           "kernel_variant", "load_cpu_kernel", "requested_isa", "selective_scan_accumulate_cpu", "selective_scan_cpu",
-           "selective_scan_cpu_backend"]
+           "kernel_variant", "load_cpu_kernel", "requested_isa", "selective_scan_accumulate_cpu", "selective_scan_channels_last",
+           "selective_scan_cpu", "selective_scan_cpu_backend"]

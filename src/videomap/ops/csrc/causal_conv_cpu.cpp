@@ -10,12 +10,19 @@
 //
 // bfloat16 rows (the forward under bf16 autocast) are widened into a per-thread fp32 row, convolved there
 // with fp32 weights and bias, and rounded once on the way out: no fp32 copy of the whole tensor is made.
+//
+// The channels-last forward (inference) reads x as (B, L, E) with channels contiguous, e.g. the x half of
+// in_proj's (B, L, 2E) output in place, and writes (B, L, E): each output vector is 16 channels of one
+// position, the taps are vector multiply-adds in the same order as the row kernel's, and SiLU is applied
+// on the way out.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <vector>
+
+#include "scan_simd.h"
 
 namespace {
 
@@ -81,7 +88,72 @@ void conv_fwd_bf16(const torch::Tensor& x, const torch::Tensor& w, const c10::op
   });
 }
 
+#if VM_SCAN_AVX512 || VM_SCAN_AVX2
+using VFloat = VF;
+#else
+using VFloat = VG<float>;
+#endif
+
+// x (B, L, E) at x[b * sb + t * sl + e] -> out (B, L, E) contiguous; wt is the weight as (K, E), S the compute
+// type. Tasks are runs of 64 positions; each position sweeps all channels, 16 at a time.
+template <class V, typename In>
+void conv_last(const In* x, int64_t sb, int64_t sl, int64_t batch, int64_t length, int64_t channels,
+               const typename V::T* wt, const typename V::T* bias, int64_t width, bool apply_silu, bool reverse,
+               In* out) {
+  using IO = LaneIO<V>;
+  constexpr int64_t run = 64;
+  const int64_t runs = (length + run - 1) / run;
+  at::parallel_for(0, batch * runs, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / runs, t0 = task % runs * run, t1 = std::min(length, t0 + run);
+      for (int64_t t = t0; t < t1; ++t) {
+        for (int64_t e0 = 0; e0 < channels; e0 += W) {
+          const int nl = static_cast<int>(std::min<int64_t>(W, channels - e0));
+          V acc = bias ? IO::load(bias + e0, nl) : V::zero();
+          for (int64_t k = 0; k < width; ++k) {
+            const int64_t src = t + tap_shift(k, width, reverse);
+            if (src < 0 || src >= length) continue;
+            acc = vfma(IO::load(wt + k * channels + e0, nl), IO::load(x + b * sb + src * sl + e0, nl), acc);
+          }
+          if (apply_silu) acc = acc * sigmoid(acc);
+          IO::store(out + (b * length + t) * channels + e0, nl, acc);
+        }
+      }
+    }
+  });
+}
+
 }  // namespace
+
+torch::Tensor causal_conv1d_fwd_last(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias, bool silu,
+                                     bool reverse) {
+  TORCH_CHECK(x.dim() == 3 && (x.stride(2) == 1 || x.size(2) == 1),
+              "causal_conv1d: the channels-last x must be (B, L, E) with contiguous channels, got strides ",
+              x.strides());
+  TORCH_CHECK(w.dim() == 2 && w.size(0) == x.size(2), "causal_conv1d: weight must be (E, K) for x (B, L, E)");
+  const auto compute = x.scalar_type() == at::kBFloat16 ? at::kFloat : x.scalar_type();
+  TORCH_CHECK(compute == at::kFloat || compute == at::kDouble,
+              "causal_conv1d: float32, float64 or bfloat16 only, got ", x.scalar_type());
+  TORCH_CHECK(w.scalar_type() == compute, "causal_conv1d: weight must be ", compute, " for ", x.scalar_type(),
+              " input, got ", w.scalar_type());
+  const int64_t batch = x.size(0), length = x.size(1), channels = x.size(2), width = w.size(1);
+  const torch::Tensor wt = w.t().contiguous();  // (K, E): the taps of 16 channels are one vector
+  const c10::optional<torch::Tensor> b = bias.has_value() ? c10::optional<torch::Tensor>(bias->contiguous()) : bias;
+  auto out = torch::empty({batch, length, channels}, x.options());
+  if (x.scalar_type() == at::kDouble) {
+    conv_last<VG<double>>(x.data_ptr<double>(), x.stride(0), x.stride(1), batch, length, channels,
+                          wt.data_ptr<double>(), b ? b->data_ptr<double>() : nullptr, width, silu, reverse,
+                          out.data_ptr<double>());
+  } else if (x.scalar_type() == at::kBFloat16) {
+    conv_last<VFloat>(x.data_ptr<at::BFloat16>(), x.stride(0), x.stride(1), batch, length, channels,
+                      wt.data_ptr<float>(), b ? b->data_ptr<float>() : nullptr, width, silu, reverse,
+                      out.data_ptr<at::BFloat16>());
+  } else {
+    conv_last<VFloat>(x.data_ptr<float>(), x.stride(0), x.stride(1), batch, length, channels, wt.data_ptr<float>(),
+                      b ? b->data_ptr<float>() : nullptr, width, silu, reverse, out.data_ptr<float>());
+  }
+  return out;
+}
 
 torch::Tensor causal_conv1d_fwd(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias, bool reverse) {
   check(x, w);

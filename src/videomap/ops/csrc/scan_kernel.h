@@ -46,6 +46,25 @@ struct FwdArgs {
   bool accumulate;  // ... or out += scale * y, adding to what out holds
 };
 
+// A channels-last operand: element (batch b, position t, channel c) at p[b * sb + t * sl + c].
+template <typename T>
+struct Strided {
+  T* p;
+  int64_t sb, sl;
+  T* at(int64_t b, int64_t t) const { return p + b * sb + t * sl; }
+};
+
+// The channels-last forward (inference): u, delta, z, out (B, L, E) and B, C (B, L, G, N) read and written in
+// place, no states or checkpoints kept.
+template <typename S, typename In = S>
+struct LastArgs {
+  Strided<const In> u, delta, z, B, C;  // z.p may be null
+  const S *A, *D, *bias;
+  Strided<In> out;
+  S scale;          // out = scale * y, ...
+  bool accumulate;  // ... or out += scale * y
+};
+
 template <typename S>
 struct BwdArgs {
   const S *u, *delta, *A, *B, *C, *D, *z, *bias, *ckpt, *dout, *dlast;
@@ -338,6 +357,102 @@ struct Scan {
         }
         for (int64_t i = 0; i < tk.nb; ++i)
           store_rows(hst + i * VS, s, lanes(s, tk, i), p.last + (tk.b * s.E + first_channel(s, tk, i)) * s.N);
+      }
+    });
+  }
+
+  // Channels-last forward: step t of a 16-channel block is one (masked) vector load of 16 consecutive
+  // channels of position t, so nothing is transposed. Per block and chunk, a first pass over the chunk's
+  // steps turns delta into delta' (bias, softplus) and z into the gate silu(z) in small buffers: those
+  // steps are independent, so their long latency chains overlap, where inside the recurrence they would
+  // stall it. B and C are copied once per chunk into zero-padded (T, NT) tiles shared by the task's blocks.
+  // The arithmetic is `forward`'s, in the same order, so the outputs are the same bits.
+  template <typename In>
+  static void forward_last(const Shape& s, const LastArgs<S, In>& p, int64_t P) {
+    using IO = LaneIO<V>;
+    const int64_t maxnb = (s.nblk + P - 1) / P;
+    const auto position = [&](int64_t t) { return s.reverse ? s.L - 1 - t : t; };
+    run_tasks(s.batch * s.G * P, [&](const auto& take, int64_t ntask) {
+      Arena<S> arena(3 * TCH * W + 2 * TCH * NT + maxnb * (2 * VS + 2 * W) + 16 * 8);
+      S* ut = arena.take(TCH * W);
+      S* dtt = arena.take(TCH * W);
+      S* gt = arena.take(TCH * W);
+      S* Bt = arena.take(TCH * NT);
+      S* Ct = arena.take(TCH * NT);
+      S* Acs = arena.take(maxnb * VS);
+      S* hst = arena.take(maxnb * VS);
+      S* Ds = arena.take(maxnb * W);
+      S* biass = arena.take(maxnb * W);
+      for (int64_t task = take(); task < ntask; task = take()) {
+        const Task tk = task_of(s, P, task);
+        for (int64_t i = 0; i < tk.nb; ++i) {
+          block_consts(s, p.A, p.D, p.bias, first_channel(s, tk, i), lanes(s, tk, i), nullptr, Acs + i * VS,
+                       Ds + i * W, biass + i * W);
+          for (int n = 0; n < VS; ++n) hst[i * VS + n] = S(0);
+        }
+        const V scale = V::set1(p.scale);
+        const bool scaled = p.scale != S(1);
+        for (int64_t k = 0; k < s.K; ++k) {
+          const int64_t t0 = k * TCH;
+          const int T = static_cast<int>(std::min<int64_t>(TCH, s.L - t0));
+          for (int t = 0; t < T; ++t) {
+            const int64_t pos = position(t0 + t);
+            const In* Bp = p.B.at(tk.b, pos) + tk.g * s.N;
+            const In* Cp = p.C.at(tk.b, pos) + tk.g * s.N;
+            for (int n = 0; n < NT; ++n) {
+              Bt[t * NT + n] = n < s.N ? static_cast<S>(Bp[n]) : S(0);
+              Ct[t * NT + n] = n < s.N ? static_cast<S>(Cp[n]) : S(0);
+            }
+          }
+          for (int64_t i = 0; i < tk.nb; ++i) {
+            const int64_t e0 = first_channel(s, tk, i);
+            const int nl = lanes(s, tk, i);
+            const V bias = V::load(biass + i * W);
+            for (int t = 0; t < T; ++t) {
+              const int64_t pos = position(t0 + t);
+              V dt = IO::load(p.delta.at(tk.b, pos) + e0, nl) + bias;
+              if (s.softplus) softplus(dt, &dt, static_cast<V*>(nullptr));
+              dt.store(dtt + t * W);
+              IO::load(p.u.at(tk.b, pos) + e0, nl).store(ut + t * W);
+              if (p.z.p) {
+                const V zv = IO::load(p.z.at(tk.b, pos) + e0, nl);
+                (zv * sigmoid(zv)).store(gt + t * W);
+              }
+            }
+            // the next unit of work (the next block of this chunk, or the first of the next chunk), whose
+            // lines are prefetched one per operand and step while this one computes
+            const bool last_blk = i + 1 == tk.nb;
+            const int64_t ne0 = first_channel(s, tk, last_blk ? 0 : i + 1), nt0 = last_blk ? t0 + TCH : t0;
+            const int nT = static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(TCH, s.L - nt0)));
+            V h[NT], Ac[NT];
+#pragma GCC unroll 16
+            for (int n = 0; n < NT; ++n) {
+              h[n] = V::load(hst + i * VS + n * W);
+              Ac[n] = V::load(Acs + i * VS + n * W);
+            }
+            const V Dv = V::load(Ds + i * W);
+            for (int t = 0; t < T; ++t) {
+              if (t < nT) {
+                const int64_t npos = position(nt0 + t);
+                prefetch_line(p.u.at(tk.b, npos) + ne0);
+                prefetch_line(p.delta.at(tk.b, npos) + ne0);
+                if (p.z.p) prefetch_line(p.z.at(tk.b, npos) + ne0);
+                if (p.accumulate) prefetch_line(p.out.at(tk.b, npos) + ne0);
+              }
+              const V dt = V::load(dtt + t * W), uv = V::load(ut + t * W);
+              step<false, false>(h, Ac, dt, dt * uv, Bt + t * NT, nullptr, nullptr, dt, nullptr);
+              V y = readout(h, Ct + t * NT);
+              if (p.D) y = vfma(uv, Dv, y);
+              if (p.z.p) y = y * V::load(gt + t * W);
+              if (scaled) y = y * scale;
+              In* o = p.out.at(tk.b, position(t0 + t)) + e0;
+              if (p.accumulate) y = y + IO::load(o, nl);
+              IO::store(o, nl, y);
+            }
+#pragma GCC unroll 16
+            for (int n = 0; n < NT; ++n) h[n].store(hst + i * VS + n * W);
+          }
+        }
       }
     });
   }

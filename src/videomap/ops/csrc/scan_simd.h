@@ -206,6 +206,24 @@ struct TileOps {
   }
 };
 
+// Lanes [0, nl) of a vector from and to nl consecutive values (16 channels of one position of a channels-last
+// tensor), converting from and to the tensor's element type; absent lanes read 0 and are not written.
+template <class V>
+struct LaneIO;
+template <typename S>
+struct LaneIO<VG<S>> {
+  template <typename In>
+  static VG<S> load(const In* p, int nl) {
+    VG<S> r;
+    for (int i = 0; i < W; ++i) r.v[i] = i < nl ? static_cast<S>(p[i]) : S(0);
+    return r;
+  }
+  template <typename Out>
+  static void store(Out* p, int nl, const VG<S>& v) {
+    for (int i = 0; i < nl; ++i) p[i] = static_cast<Out>(v.v[i]);
+  }
+};
+
 #if VM_SCAN_AVX512
 // ---------------------------------------------------------------------------------------------------
 // AVX-512 fp32 vector.
@@ -323,6 +341,14 @@ inline void store16(bf16* p, __mmask16 mk, __m512 v) {
   r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
   _mm256_mask_storeu_epi16(p, mk, _mm512_cvtepi32_epi16(r));
 }
+
+template <>
+struct LaneIO<VF> {
+  template <typename In>
+  static VF load(const In* p, int nl) { return {load16(p, col_mask(nl))}; }
+  template <typename Out>
+  static void store(Out* p, int nl, VF v) { store16(p, col_mask(nl), v.v); }
+};
 
 // Every loop below has a constant trip count so that the 16 vectors stay in registers.
 template <>
@@ -540,6 +566,19 @@ __attribute__((always_inline)) inline void transpose8(__m256 r[8]) {
     r[4 + j] = _mm256_permute2f128_ps(s[j], s[4 + j], 0x31);
   }
 }
+
+template <>
+struct LaneIO<VF> {
+  template <typename In>
+  static VF load(const In* p, int nl) {
+    return {load8(p, std::min(nl, 8)), nl > 8 ? load8(p + 8, nl - 8) : _mm256_setzero_ps()};
+  }
+  template <typename Out>
+  static void store(Out* p, int nl, VF v) {
+    store8(p, std::min(nl, 8), v.a);
+    if (nl > 8) store8(p + 8, nl - 8, v.b);
+  }
+};
 
 // The 16-row tiles as four 8x8 transposes.
 template <>

@@ -63,6 +63,9 @@ void dispatch_n(int64_t N, Args&&... args) {
 template <class V, int NT> struct RunFwd {
   template <typename... A> static void run(A&&... a) { Scan<V, NT>::forward(std::forward<A>(a)...); }
 };
+template <class V, int NT> struct RunFwdLast {
+  template <typename... A> static void run(A&&... a) { Scan<V, NT>::forward_last(std::forward<A>(a)...); }
+};
 template <class V, int NT> struct RunBwd {
   template <typename... A> static void run(A&&... a) { Scan<V, NT>::backward(std::forward<A>(a)...); }
 };
@@ -177,6 +180,23 @@ std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const at::Tensor& delta, c
   return {out, last, ckpt};
 }
 
+// A (B, L, C) operand of the channels-last forward: channels contiguous, any batch and position strides.
+void check_last(const at::Tensor& t, const char* name, at::ScalarType dtype, at::IntArrayRef shape) {
+  TORCH_CHECK(t.device().is_cpu(), "selective_scan_cpu: `", name, "` must be a CPU tensor");
+  TORCH_CHECK(t.scalar_type() == dtype, "selective_scan_cpu: `", name, "` has dtype ", t.scalar_type(),
+              ", expected ", dtype);
+  TORCH_CHECK(t.sizes() == shape, "selective_scan_cpu: `", name, "` must have shape ", shape, ", got ", t.sizes());
+  TORCH_CHECK(t.stride(-1) == 1 || t.size(-1) == 1, "selective_scan_cpu: `", name,
+              "` must have contiguous channels (last stride 1), got strides ", t.strides());
+  if (t.dim() == 4)
+    TORCH_CHECK(t.stride(2) == t.size(3) || t.size(2) == 1, "selective_scan_cpu: `", name,
+                "`'s groups must be contiguous (stride(2) == N), got strides ", t.strides());
+}
+template <typename T>
+Strided<T> strided(const at::Tensor& t) {
+  return {static_cast<T*>(t.data_ptr()), t.stride(0), t.stride(1)};
+}
+
 // Sum the P slices (batch, G, P, N, L) into (batch, G, N, L) in a fixed order.
 template <typename S>
 void sum_slices(const S* part, S* out, int64_t rows_bg, int64_t P, int64_t N, int64_t L) {
@@ -248,6 +268,57 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& delta, c
     }
   });
   return {du, ddelta, dA, dB, dC, dD, dz, dbias, dinit, out};
+}
+
+at::Tensor scan_fwd_last(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
+                         const at::Tensor& C, const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
+                         const std::optional<at::Tensor>& bias, bool softplus, bool reverse,
+                         const std::optional<at::Tensor>& out_buffer, double scale, bool accumulate) {
+  TORCH_CHECK(u.dim() == 3 && A.dim() == 2 && B.dim() == 4,
+              "selective_scan_cpu: the channels-last forward takes u (B, L, E), A (E, N), B and C (B, L, G, N)");
+  const at::ScalarType time = u.scalar_type(), state = state_dtype(u);
+  TORCH_CHECK(time == at::kFloat || time == at::kDouble || time == at::kBFloat16,
+              "selective_scan_cpu: only float32, float64 and bfloat16 are supported, got ", time);
+  Shape s;
+  s.batch = u.size(0);
+  s.L = u.size(1);
+  s.E = u.size(2);
+  s.N = A.size(1);
+  s.G = B.size(2);
+  TORCH_CHECK(s.N >= 1 && s.N <= 64, "selective_scan_cpu: d_state N must be in [1, 64], got ", s.N);
+  TORCH_CHECK(s.G >= 1 && s.E % s.G == 0, "selective_scan_cpu: E=", s.E, " is not divisible by G=", s.G);
+  s.Eg = s.E / s.G;
+  s.nblk = (s.Eg + W - 1) / W;
+  s.K = (s.L + TCH - 1) / TCH;
+  s.softplus = softplus;
+  s.reverse = reverse;
+  check_last(u, "u", time, {s.batch, s.L, s.E});
+  check_last(delta, "delta", time, {s.batch, s.L, s.E});
+  check_tensor(A, "A", state, {s.E, s.N});
+  check_last(B, "B", time, {s.batch, s.L, s.G, s.N});
+  check_last(C, "C", time, {s.batch, s.L, s.G, s.N});
+  check_opt(D, "D", state, {s.E});
+  check_opt(bias, "delta_bias", state, {s.E});
+  const bool hasz = z.has_value() && z->defined();
+  if (hasz) check_last(*z, "z", time, {s.batch, s.L, s.E});
+  const bool given = out_buffer.has_value() && out_buffer->defined();
+  TORCH_CHECK(given || !accumulate, "selective_scan_cpu: accumulating needs an `out` tensor");
+  if (given) check_last(*out_buffer, "out", time, {s.batch, s.L, s.E});
+  at::Tensor out = given ? *out_buffer : at::empty({s.batch, s.L, s.E}, u.options());
+  const int64_t P = block_ranges(s, 3);
+  const auto run = [&](auto time_tag, auto state_tag) {
+    using In = decltype(time_tag);
+    using S = decltype(state_tag);
+    LastArgs<S, In> a{strided<const In>(u), strided<const In>(delta),
+                      hasz ? strided<const In>(*z) : Strided<const In>{nullptr, 0, 0},
+                      strided<const In>(B), strided<const In>(C), A.data_ptr<S>(), ptr_or_null<S>(D),
+                      ptr_or_null<S>(bias), strided<In>(out), static_cast<S>(scale), accumulate};
+    dispatch_n<S, RunFwdLast>(s.N, s, a, P);
+  };
+  if (time == at::kBFloat16) run(bf16(), float());
+  else if (time == at::kFloat) run(float(), float());
+  else run(double(), double());
+  return out;
 }
 
 bool has_avx512() { return VM_SCAN_AVX512 != 0; }
