@@ -18,6 +18,7 @@ from videomap.models import create_model
 from videomap.ops import resolve_backend
 from videomap.ops.bimamba_fused import DirectionWeights, bimamba_inner
 from videomap.ops.scan_cpu import load_cpu_kernel, scan_backward_cpu
+from scan_cases import max_rel_error
 
 pytestmark = pytest.mark.skipif(resolve_backend(torch.device("cpu"), torch.float32) != "cpu",
                                 reason="the fused layer needs the CPU kernel")
@@ -165,8 +166,8 @@ def test_inference_and_bf16_autocast_take_the_unfused_path(monkeypatch):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert FUSED_NODE not in graph_nodes(layer(x))
     with torch.no_grad():
-        inference = layer(x)
-    assert torch.equal(inference, layer(x).detach())  # the training path computes the same numbers
+        inference = layer(x)  # the channels-last inference layer: other product kernels, its own SiLU
+    assert max_rel_error(inference, layer(x).detach()) <= 1e-5  # the training path's numbers to fp32 rounding
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])

@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from ..ops import resolve_backend, selective_scan_accumulate
-from ..ops.causal_conv import causal_conv1d
-from ..ops.matmul import channels_first_matmul
+from ..ops.causal_conv import causal_conv1d, causal_conv1d_channels_last
+from ..ops.matmul import autocast_dtype, channels_first_matmul, linear
+from ..ops.scan_cpu import selective_scan_channels_last
 from .norm import RMSNorm
 from .weight_init import init_dt_proj_, s4d_real_A_log
 
@@ -29,6 +30,20 @@ def fused_mamba_mode() -> str | None:
     if value not in FUSED_MODES:
         raise ValueError(f"${FUSED_ENV_VAR}={value!r}: choose one of {', '.join(FUSED_MODES)}")
     return FUSED_MODES[value]
+
+
+INFERENCE_ENV_VAR = "VIDEOMAP_MAMBA_INFERENCE"
+#: ``$VIDEOMAP_MAMBA_INFERENCE`` values: the layouts the layer can run inference in on the CPU kernels.
+INFERENCE_LAYOUTS = ("channels_last", "channels_first")
+
+
+def inference_layout() -> str:
+    """What ``$VIDEOMAP_MAMBA_INFERENCE`` asks for: ``"channels_last"`` (unset; the default) or
+    ``"channels_first"`` (the training layer's layout, kept for comparison). Read on every inference forward."""
+    value = os.environ.get(INFERENCE_ENV_VAR, "").strip().lower() or "channels_last"
+    if value not in INFERENCE_LAYOUTS:
+        raise ValueError(f"${INFERENCE_ENV_VAR}={value!r}: choose one of {', '.join(INFERENCE_LAYOUTS)}")
+    return value
 
 
 def _state_dtype(t: torch.Tensor) -> torch.Tensor:
@@ -58,10 +73,19 @@ class BiMamba(nn.Module):
     ``fused`` attribute, which wins when set) picks it: ``xz`` (default), ``input`` (also recompute
     ``in_proj``; keeps only the layer input) or ``0`` (the unfused layer, the reference). Inference (no grad)
     always takes the unfused path, which saves nothing anyway; so do autocast and the other backends.
+
+    Inference on the CPU kernels (no autograd, fp32 or bf16) keeps every tensor position-major, as
+    ``F.linear`` makes them: ``in_proj``'s ``(B, L, 2E)`` output is read in place by the convs and the scans
+    (:func:`~videomap.ops.scan_cpu.selective_scan_channels_last`), ``x_proj``'s ``B`` and ``C`` are slices of
+    its output, and ``out_proj`` returns ``(B, L, D)`` directly; no layout is transposed anywhere.
+    ``$VIDEOMAP_MAMBA_INFERENCE=channels_first`` (or the ``inference`` attribute) keeps the training layout
+    at inference instead.
     """
 
     #: ``None`` follows ``$VIDEOMAP_FUSED_MAMBA``; ``"xz"``, ``"input"`` or ``"off"`` overrides it.
     fused: str | None = None
+    #: ``None`` follows ``$VIDEOMAP_MAMBA_INFERENCE``; ``"channels_last"`` or ``"channels_first"`` overrides it.
+    inference: str | None = None
 
     def __init__(
         self,
@@ -159,6 +183,39 @@ class BiMamba(nn.Module):
             reverse=reverse,
         )
 
+    def _channels_last_inference(self, hidden_states: torch.Tensor) -> bool:
+        """Whether this call takes the channels-last inference path: no autograd, CPU tensors whose products run
+        in fp32 or bf16 (their own dtype or CPU autocast's), and the CPU kernels selected for the scan."""
+        if torch.is_grad_enabled() or hidden_states.device.type != "cpu" or hidden_states.dtype == torch.float64:
+            return False
+        if self.inference is not None and self.inference not in INFERENCE_LAYOUTS:
+            raise ValueError(f"BiMamba.inference must be None or one of {INFERENCE_LAYOUTS}, got {self.inference!r}")
+        if (self.inference or inference_layout()) != "channels_last":
+            return False
+        dtype = autocast_dtype() or hidden_states.dtype
+        return dtype in (torch.float32, torch.bfloat16) and resolve_backend(hidden_states.device, dtype) == "cpu"
+
+    def _forward_channels_last(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """``(B, L, D)`` → ``(B, L, D)`` with every intermediate ``(B, L, channels)``; see the class docstring."""
+        xz = linear(hidden_states, self.in_proj.weight)  # (B, L, 2E)
+        x, z = xz[..., : self.d_inner], xz[..., self.d_inner:]  # read in place: channels are contiguous
+        scale = 0.5 if self.merge == "mean" else 1.0
+        y = None
+        for conv, x_proj, dt_proj, A_log, D, reverse in (
+            (self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D, False),
+            (self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b, True),
+        ):
+            u = causal_conv1d_channels_last(x, conv.weight.squeeze(1), conv.bias, "silu", reverse)
+            x_dbl = linear(u, x_proj.weight)  # (B, L, R + 2N)
+            dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+            delta = linear(dt, dt_proj.weight)  # (B, L, E); dt_proj's bias is applied in the scan
+            # the first direction writes scale * y, the second adds its own into the same buffer
+            y = selective_scan_channels_last(
+                u, delta, -torch.exp(_state_dtype(A_log)), B, C, _state_dtype(D), z, _state_dtype(dt_proj.bias),
+                True, reverse=reverse, out=y, scale=scale, accumulate=y is not None,
+            )
+        return linear(y, self.out_proj.weight)
+
     def _fused_path(self, hidden_states: torch.Tensor) -> tuple[str, str] | None:
         """``(recompute mode, scan backend)`` when this call takes the fused layer, else ``None``."""
         if not torch.is_grad_enabled() or hidden_states.dtype not in (torch.float32, torch.float64):
@@ -206,6 +263,8 @@ class BiMamba(nn.Module):
             return self._forward_fused(hidden_states, *path, norm)
         if norm is not None:
             hidden_states = norm(hidden_states)
+        if self._channels_last_inference(hidden_states):
+            return self._forward_channels_last(hidden_states)
         # (E2, D) @ (B, D, L) lands directly in the (B, 2E, L) layout the conv and the scan want.
         xz = channels_first_matmul(self.in_proj.weight, hidden_states.transpose(1, 2))
         x, z = xz.chunk(2, dim=1)
