@@ -51,6 +51,9 @@ def test_categorise_profiler_ops():
     assert roofline.categorise("mkldnn::_linear_pointwise") == "products"
     assert roofline.categorise("_SelectiveScanCPU") == "scan"
     assert roofline.categorise("_CausalConv1dCPU") == "conv"
+    # the inference layer's kernels, named by their record_function scopes
+    assert roofline.categorise("videomap::selective_scan_channels_last") == "scan"
+    assert roofline.categorise("videomap::causal_conv1d_channels_last") == "conv + SiLU"
     assert roofline.categorise("aten::add") == "norm/add/mul"
 
 
@@ -63,8 +66,14 @@ def test_quick_mode_end_to_end(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert set(report["cpu"]["flags"]) == set(roofline.CPU_FLAGS)
     rows = report["rows"]
-    # 3 lengths x 2 layers x 2 dtypes, and 2 frame counts x 2 models x 2 dtypes.
-    assert len(rows) == 12 + 8 and all(r["measured_ms"] > 0 and r["bound_ms"] > 0 for r in rows)
+    # 3 lengths x 2 layers x 2 dtypes, the channels-first Mamba layer per dtype, and 2 frame counts x 2 models
+    # x 2 dtypes.
+    assert len(rows) == 12 + 2 + 8 and all(r["measured_ms"] > 0 and r["bound_ms"] > 0 for r in rows)
+    assert sum(r["item"].endswith(roofline.CHANNELS_FIRST) for r in rows) == 2
+    assert set(report["channels_last_ratio"]) == {"fp32", "bf16"} and "channels-first = " in text
     assert all(r["ratio"] == pytest.approx(r["measured_ms"] / r["bound_ms"]) for r in rows)
     assert report["rates"]["product_gflops"]["bf16"] > 0 and report["rates"]["exp_gps"] > 0
-    assert {b["part"] for b in report["mamba_breakdown"]} >= {"products", "scan"}
+    # the profiled layer runs at inference, so its conv is the channels-last conv + SiLU, with a bound
+    parts = {b["part"]: b for b in report["mamba_breakdown"]}
+    assert set(parts) >= {"products", "scan", "conv + SiLU"}
+    assert parts["conv + SiLU"]["bound_ms"] > 0

@@ -301,6 +301,7 @@ def time_layer(layer: torch.nn.Module, length: int, dtype: str, repeats: int) ->
 CATEGORIES = (
     ("products", ("linear_pointwise", "aten::mm", "aten::matmul", "aten::bmm", "aten::addmm", "aten::linear")),
     ("scan", ("scan", "Scan")),
+    ("conv + SiLU", ("conv1d_channels_last",)),  # the inference layer's conv applies its SiLU itself
     ("conv", ("conv", "Conv")),
     ("silu/exp outside kernels", ("aten::silu", "aten::exp", "aten::softplus", "aten::sigmoid")),
     ("casts/copies", ("aten::to", "aten::copy_", "aten::contiguous", "aten::clone", "_to_copy")),
@@ -340,8 +341,8 @@ def mamba_part_bounds(dim: int, length: int, rates: Rates, dtype: str, d_state: 
     """Bound (ms) of each :func:`categorise` category of a Mamba layer whose work is counted, from the same
     counts as :func:`mamba_layer_work`: the products (FLOPs at the product rate), the two scans (their
     ``exp(delta·A)``, softplus and gate exps at the exp rate, or their traffic if larger), the two convs (traffic:
-    read and write ``(E, L)``), the SiLU after each conv (exps or traffic), and the RMSNorm, merge and residual
-    (traffic). These kernels read and write fp32 under autocast too, so traffic is at 4 bytes an element.
+    read and write ``(E, L)``), the SiLU after each conv (exps or traffic), both in one pass for the inference
+    layer's conv + SiLU kernel, and the RMSNorm, merge and residual (traffic). These kernels read and write fp32 under autocast too, so traffic is at 4 bytes an element.
     """
     E, N, L, D = expand * dim, d_state, length, dim
     exp_s, bw = rates.exp_gps * 1e9, rates.copy_gbps * 1e9
@@ -351,6 +352,7 @@ def mamba_part_bounds(dim: int, length: int, rates: Rates, dtype: str, d_state: 
         "scan": max(scan_exps / exp_s, scan_bytes / bw) * 1e3,
         "conv": 2 * 2 * E * L * 4 / bw * 1e3,
         "silu/exp outside kernels": max(2 * E * L / exp_s, 2 * 2 * E * L * 4 / bw) * 1e3,
+        "conv + SiLU": max(2 * E * L / exp_s, 2 * 2 * E * L * 4 / bw) * 1e3,
         "norm/add/mul": (2 * L * D + 5 * E * L + 3 * L * D) * 4 / bw * 1e3,
     }
 
@@ -476,6 +478,7 @@ def run_roofline(settings: Settings | None = None, log: Callable[[str], None] | 
         "rows": rows,
         "mamba_breakdown": breakdown,
         "speedup_bf16": _bf16_speedups(rows, s.hybrid),
+        "channels_last_ratio": _layout_ratios(rows),
         "crossover": _crossovers(layer_times, hybrid.config, _meta_model(s.baseline, s.layer_frames[0], s.img_size).config,
                                  per_frame),
         "bound_model": "bound = max(compute, memory); compute = product FLOPs / product rate (of the dtype) "
@@ -500,7 +503,37 @@ def _measure_layers(mamba, attention, cfg, lengths: dict[int, int], s: Settings,
                 ms = time_layer(layer, length, dtype, s.layer_repeats)
                 layer_times[dtype][kind][length] = ms
                 measured.append((title, dtype, frames, length, ms, work, None))
+        # the Mamba layer once more at the largest length in the training layer's layout: both inference
+        # layouts side by side on every machine the benchmark runs on
+        frames, length = max(lengths.items(), key=lambda kv: kv[1])
+        title = f"Mamba layer ({s.hybrid}), {frames} frames, {CHANNELS_FIRST}"
+        log(f"{title}, {dtype} ...")
+        mamba.mixer.inference = "channels_first"
+        try:
+            ms = time_layer(mamba, length, dtype, s.layer_repeats)
+        finally:
+            mamba.mixer.inference = None
+        act = 4 if dtype == "fp32" else 2
+        measured.append((title, dtype, frames, length, ms,
+                         mamba_layer_work(cfg.embed_dim, length, cfg.d_state, cfg.expand, act_bytes=act), None))
     return measured, layer_times
+
+
+#: The suffix of the rows that time the Mamba layer in the training layout at inference.
+CHANNELS_FIRST = "channels-first inference"
+
+
+def _layout_ratios(rows: list[dict]) -> dict[str, float]:
+    """Per dtype: the Mamba layer's default (channels-last) inference time ÷ its channels-first time, at the
+    length both were measured."""
+    out = {}
+    for r in rows:
+        if r["item"].endswith(CHANNELS_FIRST):
+            default = r["item"][: -len(CHANNELS_FIRST) - 2]
+            match = [d for d in rows if d["item"] == default and d["dtype"] == r["dtype"]]
+            if match:
+                out[r["dtype"]] = match[0]["measured_ms"] / r["measured_ms"]
+    return out
 
 
 def _measure_models(s: Settings, per_frame: int, log) -> list:
@@ -614,6 +647,8 @@ def format_report(report: dict) -> str:
     for frames, speedup in report["speedup_bf16"].items():
         lines.append(f"bf16 speed-up of the whole {report['settings']['hybrid']} forward at {frames} frames: "
                      f"{speedup:.2f}× (fp32 ms ÷ bf16 ms)")
+    for dtype, ratio in report.get("channels_last_ratio", {}).items():
+        lines.append(f"Mamba layer at inference, {dtype}: channels-last (the default) ÷ channels-first = {ratio:.3f}")
     for dtype, c in report["crossover"].items():
         m, a = c["mamba_fit_ms"], c["attention_fit_ms"]
         fits = (f"Mamba layer ≈ {' + '.join(f'{v:.3g}·L^{i}' for i, v in enumerate(m))} ms, attention layer ≈ "
