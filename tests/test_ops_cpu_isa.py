@@ -93,7 +93,8 @@ _CHECKS = textwrap.dedent(
     for dtype in (torch.float32, torch.bfloat16, torch.float64):
         sd = torch.float32 if dtype == torch.bfloat16 else dtype
         a = make_inputs(2, 40, 5, 130, "grouped", 2, dtype=torch.float64)
-        a = {k: (v.to(dtype) if k in ("u", "delta", "z", "B", "C") else v.to(sd)) for k, v in a.items() if v is not None}
+        a = {k: (v.to(dtype) if k in ("u", "delta", "z", "B", "C") else v.to(sd))
+             for k, v in a.items() if v is not None}
         for reverse in (False, True):
             want, _, _ = kernel.fwd(a["u"], a["delta"], a["A"], a["B"], a["C"], a["D"], a["z"], a["delta_bias"],
                                     None, True, False, reverse, None, 0.5, False)

@@ -492,5 +492,5 @@ def selective_scan_channels_last(u, delta, A, B, C, D=None, z=None, delta_bias=N
 
 
 __all__ = ["ISAS", "ISA_ENV_VAR", "build", "cpu_kernel_available", "cpu_kernel_error", "cpu_kernel_isa",
-           "kernel_variant", "load_cpu_kernel", "requested_isa", "selective_scan_accumulate_cpu", "selective_scan_channels_last",
-           "selective_scan_cpu", "selective_scan_cpu_backend"]
+           "kernel_variant", "load_cpu_kernel", "requested_isa", "selective_scan_accumulate_cpu",
+           "selective_scan_channels_last", "selective_scan_cpu", "selective_scan_cpu_backend"]

@@ -342,7 +342,8 @@ def mamba_part_bounds(dim: int, length: int, rates: Rates, dtype: str, d_state: 
     counts as :func:`mamba_layer_work`: the products (FLOPs at the product rate), the two scans (their
     ``exp(delta·A)``, softplus and gate exps at the exp rate, or their traffic if larger), the two convs (traffic:
     read and write ``(E, L)``), the SiLU after each conv (exps or traffic), both in one pass for the inference
-    layer's conv + SiLU kernel, and the RMSNorm, merge and residual (traffic). These kernels read and write fp32 under autocast too, so traffic is at 4 bytes an element.
+    layer's conv + SiLU kernel, and the RMSNorm, merge and residual (traffic). These kernels read and write fp32
+    under autocast too, so traffic is at 4 bytes an element.
     """
     E, N, L, D = expand * dim, d_state, length, dim
     exp_s, bw = rates.exp_gps * 1e9, rates.copy_gbps * 1e9
