@@ -72,7 +72,7 @@ class BiMamba(nn.Module):
     the ``cpu`` and ``triton`` scan backends in fp32/fp64 without autocast. ``$VIDEOMAP_FUSED_MAMBA`` (or the
     ``fused`` attribute, which wins when set) picks it: ``xz`` (default), ``input`` (also recompute
     ``in_proj``; keeps only the layer input) or ``0`` (the unfused layer, the reference). Inference (no grad)
-    always takes the unfused path, which saves nothing anyway; so do autocast and the other backends.
+    never takes it (there is nothing to save); autocast and the other backends take the unfused layer.
 
     Inference on the CPU kernels (no autograd, fp32 or bf16) keeps every tensor position-major, as
     ``F.linear`` makes them: ``in_proj``'s ``(B, L, 2E)`` output is read in place by the convs and the scans

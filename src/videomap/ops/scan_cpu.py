@@ -468,8 +468,8 @@ def selective_scan_channels_last(u, delta, A, B, C, D=None, z=None, delta_bias=N
     Same arithmetic in the same order as :func:`selective_scan_cpu`: the same bits.
 
     Args:
-        u, delta, z: ``(B, L, E)`` (z optional). B, C: ``(B, L, G, N)``, channel ``e`` reading group
-            ``e // (E // G)``; e.g. a ``(B, L, N)`` slice of ``x_proj``'s output with a group axis inserted.
+        u, delta, z: ``(B, L, E)`` (z optional). B, C: ``(B, L, N)``, e.g. slices of ``x_proj``'s output, or
+            grouped ``(B, L, G, N)``, channel ``e`` reading group ``e // (E // G)``.
             Every one of them needs contiguous channels (last stride 1, and groups of N for B and C); batch and
             position strides are free, so halves and slices of a product's output are read in place. All
             float32, all float64, or all bfloat16 (then A, D, delta_bias are float32; states stay fp32).

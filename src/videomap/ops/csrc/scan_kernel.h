@@ -274,6 +274,18 @@ struct Scan {
     (bias ? gather_lanes<V>(bias + e0, 1, nl) : V::zero()).store(biasv);
   }
 
+  // The forwards' per-task set-up: each block's constants and starting state (init, else 0) into the arena.
+  static void start_blocks(const Shape& s, const Task& tk, const S* A, const S* D, const S* bias, const S* init,
+                           S* Acs, S* hst, S* Ds, S* biass) {
+    for (int64_t i = 0; i < tk.nb; ++i) {
+      const int64_t e0 = first_channel(s, tk, i);
+      const int nl = lanes(s, tk, i);
+      block_consts(s, A, D, bias, e0, nl, nullptr, Acs + i * VS, Ds + i * W, biass + i * W);
+      if (init) load_rows(init + (tk.b * s.E + e0) * s.N, s, nl, hst + i * VS);
+      else for (int n = 0; n < VS; ++n) hst[i * VS + n] = S(0);
+    }
+  }
+
   template <typename In>
   static void forward(const Shape& s, const FwdArgs<S, In>& p, int64_t P) {
     const int64_t maxnb = (s.nblk + P - 1) / P;
@@ -291,13 +303,7 @@ struct Scan {
       S* biass = arena.take(maxnb * W);
       for (int64_t task = take(); task < ntask; task = take()) {
         const Task tk = task_of(s, P, task);
-        for (int64_t i = 0; i < tk.nb; ++i) {
-          const int64_t e0 = first_channel(s, tk, i);
-          const int nl = lanes(s, tk, i);
-          block_consts(s, p.A, p.D, p.bias, e0, nl, nullptr, Acs + i * VS, Ds + i * W, biass + i * W);
-          if (p.init) load_rows(p.init + (tk.b * s.E + e0) * s.N, s, nl, hst + i * VS);
-          else for (int n = 0; n < VS; ++n) hst[i * VS + n] = S(0);
-        }
+        start_blocks(s, tk, p.A, p.D, p.bias, p.init, Acs, hst, Ds, biass);
         const In* Bsrc = p.B + tk.bg * s.N * s.L;
         const In* Csrc = p.C + tk.bg * s.N * s.L;
         const V scale = V::set1(p.scale);
@@ -385,11 +391,7 @@ struct Scan {
       S* biass = arena.take(maxnb * W);
       for (int64_t task = take(); task < ntask; task = take()) {
         const Task tk = task_of(s, P, task);
-        for (int64_t i = 0; i < tk.nb; ++i) {
-          block_consts(s, p.A, p.D, p.bias, first_channel(s, tk, i), lanes(s, tk, i), nullptr, Acs + i * VS,
-                       Ds + i * W, biass + i * W);
-          for (int n = 0; n < VS; ++n) hst[i * VS + n] = S(0);
-        }
+        start_blocks(s, tk, p.A, p.D, p.bias, nullptr, Acs, hst, Ds, biass);
         const V scale = V::set1(p.scale);
         const bool scaled = p.scale != S(1);
         for (int64_t k = 0; k < s.K; ++k) {

@@ -89,25 +89,29 @@ at::ScalarType state_dtype(const at::Tensor& u) {
   return u.scalar_type() == at::kBFloat16 ? at::kFloat : u.scalar_type();
 }
 
+Shape shape_of(int64_t batch, int64_t E, int64_t L, int64_t N, int64_t G, bool softplus) {
+  TORCH_CHECK(N >= 1 && N <= 64, "selective_scan_cpu: d_state N must be in [1, 64], got ", N);
+  TORCH_CHECK(G >= 1 && E % G == 0, "selective_scan_cpu: E=", E, " is not divisible by G=", G);
+  Shape s;
+  s.batch = batch;
+  s.E = E;
+  s.L = L;
+  s.N = N;
+  s.G = G;
+  s.Eg = E / G;
+  s.nblk = (s.Eg + W - 1) / W;
+  s.K = (L + TCH - 1) / TCH;
+  s.softplus = softplus;
+  return s;
+}
+
 Shape make_shape(const at::Tensor& u, const at::Tensor& A, const at::Tensor& B, bool softplus) {
   TORCH_CHECK(u.dim() == 3, "selective_scan_cpu: `u` must be (B, E, L)");
   TORCH_CHECK(u.scalar_type() == at::kFloat || u.scalar_type() == at::kDouble || u.scalar_type() == at::kBFloat16,
               "selective_scan_cpu: only float32, float64 and (forward) bfloat16 are supported, got ",
               u.scalar_type());
   TORCH_CHECK(A.dim() == 2 && B.dim() == 4, "selective_scan_cpu: A must be (E, N) and B, C (B, G, N, L)");
-  Shape s;
-  s.batch = u.size(0);
-  s.E = u.size(1);
-  s.L = u.size(2);
-  s.N = A.size(1);
-  s.G = B.size(1);
-  TORCH_CHECK(s.N >= 1 && s.N <= 64, "selective_scan_cpu: d_state N must be in [1, 64], got ", s.N);
-  TORCH_CHECK(s.G >= 1 && s.E % s.G == 0, "selective_scan_cpu: E=", s.E, " is not divisible by G=", s.G);
-  s.Eg = s.E / s.G;
-  s.nblk = (s.Eg + W - 1) / W;
-  s.K = (s.L + TCH - 1) / TCH;
-  s.softplus = softplus;
-  return s;
+  return shape_of(u.size(0), u.size(1), u.size(2), A.size(1), B.size(1), softplus);
 }
 
 void check_inputs(const Shape& s, const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
@@ -279,18 +283,7 @@ at::Tensor scan_fwd_last(const at::Tensor& u, const at::Tensor& delta, const at:
   const at::ScalarType time = u.scalar_type(), state = state_dtype(u);
   TORCH_CHECK(time == at::kFloat || time == at::kDouble || time == at::kBFloat16,
               "selective_scan_cpu: only float32, float64 and bfloat16 are supported, got ", time);
-  Shape s;
-  s.batch = u.size(0);
-  s.L = u.size(1);
-  s.E = u.size(2);
-  s.N = A.size(1);
-  s.G = B.size(2);
-  TORCH_CHECK(s.N >= 1 && s.N <= 64, "selective_scan_cpu: d_state N must be in [1, 64], got ", s.N);
-  TORCH_CHECK(s.G >= 1 && s.E % s.G == 0, "selective_scan_cpu: E=", s.E, " is not divisible by G=", s.G);
-  s.Eg = s.E / s.G;
-  s.nblk = (s.Eg + W - 1) / W;
-  s.K = (s.L + TCH - 1) / TCH;
-  s.softplus = softplus;
+  Shape s = shape_of(u.size(0), u.size(2), u.size(1), A.size(1), B.size(2), softplus);
   s.reverse = reverse;
   check_last(u, "u", time, {s.batch, s.L, s.E});
   check_last(delta, "delta", time, {s.batch, s.L, s.E});
