@@ -165,9 +165,13 @@ def test_inference_and_bf16_autocast_take_the_unfused_path(monkeypatch):
     x = torch.randn(1, 20, 16, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert FUSED_NODE not in graph_nodes(layer(x))
+    training = layer(x).detach()
     with torch.no_grad():
         inference = layer(x)  # the channels-last inference layer: other product kernels, its own SiLU
-    assert max_rel_error(inference, layer(x).detach()) <= 1e-5  # the training path's numbers to fp32 rounding
+        layer.mixer.inference = "channels_first"
+        unfused = layer(x)
+    assert torch.equal(unfused, training)  # the training path computes the same numbers as the unfused layer
+    assert max_rel_error(inference, training) <= 1e-5  # and the channels-last layer, to fp32 rounding
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
