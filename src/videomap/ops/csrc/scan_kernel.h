@@ -409,18 +409,16 @@ struct Scan {
           for (int64_t i = 0; i < tk.nb; ++i) {
             const int64_t e0 = first_channel(s, tk, i);
             const int nl = lanes(s, tk, i);
-            const V bias = V::load(biass + i * W);
             for (int t = 0; t < T; ++t) {
               const int64_t pos = position(t0 + t);
-              V dt = IO::load(p.delta.at(tk.b, pos) + e0, nl) + bias;
-              if (s.softplus) softplus(dt, &dt, static_cast<V*>(nullptr));
-              dt.store(dtt + t * W);
+              IO::load(p.delta.at(tk.b, pos) + e0, nl).store(dtt + t * W);
               IO::load(p.u.at(tk.b, pos) + e0, nl).store(ut + t * W);
               if (p.z.p) {
                 const V zv = IO::load(p.z.at(tk.b, pos) + e0, nl);
                 (zv * sigmoid(zv)).store(gt + t * W);
               }
             }
+            prep_delta(dtt, T, V::load(biass + i * W), s.softplus, nullptr);  // as `forward` does
             // the next unit of work (the next block of this chunk, or the first of the next chunk), whose
             // lines are prefetched one per operand and step while this one computes
             const bool last_blk = i + 1 == tk.nb;
